@@ -1,0 +1,31 @@
+"""Every default of tokcompile, in one place.
+
+Signatures take ``Optional[...] = None`` and resolve here, so the CLI, the Python API and the
+tests never repeat a literal default.
+"""
+
+METHOD = "evit"
+PRECISION = "fp32"
+BACKEND = "onnxruntime"
+WEIGHTS = "auto"
+SEED = 0
+ONNX_OPSET = 18
+
+# EViT (methods-reference.md §1.1): drop_loc=(3, 6, 9) for 12 blocks, keep 0.7, fuse on.
+EVIT_KEEP_RATE = 0.7
+EVIT_LAYERS_12 = (3, 6, 9)
+EVIT_FUSE = True
+
+# compare
+COMPARE_BATCH = 4
+COMPARE_SAMPLES = 2
+# absolute tolerance on the logits, per precision actually executed
+COMPARE_ATOL = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2e-1}
+
+# bench
+BENCH_BATCHES = (1, 16)
+BENCH_ITERS = 20
+BENCH_WARMUP = 3
+
+PLUGIN_NAMESPACE = "tokcompile"
+PLUGIN_VERSION = "1"

@@ -1,0 +1,108 @@
+"""ONNX export of a rewritten GraphModule: ``onnx_from_graph_module``.
+
+torch.onnx.export(dynamo=True) traces the module; each token op is swapped for its export form,
+which emits one ``tokcompile::<Name>`` node through ``torch.onnx.ops.symbolic``. The node's
+body is then attached as a model-local ONNX function, the graph is cleaned with
+onnx-graphsurgeon and checked with ``onnx.checker`` (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+import torch
+import torch.fx as fx
+
+from .. import _defaults
+from ..errors import TokcompileError
+from ..ops import ONNX_DOMAIN, TOKEN_OPS
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+
+
+def _export_form(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` whose token-op nodes call their ONNX export forms."""
+    out = copy.deepcopy(gm)
+    for node in out.graph.nodes:
+        if node.op == "call_function" and node.target in TOKEN_OPS:
+            node.target = TOKEN_OPS[node.target].onnx_symbolic
+    out.recompile()
+    return out
+
+
+def _attach_functions(model: onnx.ModelProto, opset: int) -> list[str]:
+    """Add the body of every tokcompile node as a model-local function; returns the node types."""
+    used = sorted({n.op_type for n in model.graph.node if n.domain == ONNX_DOMAIN})
+    by_name = {t.onnx_name: t for t in TOKEN_OPS.values()}
+    present = {f.name for f in model.functions if f.domain == ONNX_DOMAIN}
+    for name in used:
+        if name not in present:
+            model.functions.append(by_name[name].onnx_function(opset).to_function_proto())
+    if used and not any(o.domain == ONNX_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(ONNX_DOMAIN, 1))
+    return used
+
+
+def _cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    cleaned = gs.export_onnx(graph, do_type_check=False)
+    # graphsurgeon rebuilds the model; keep functions and opset imports exactly as exported.
+    del cleaned.functions[:]
+    cleaned.functions.extend(model.functions)
+    del cleaned.opset_import[:]
+    cleaned.opset_import.extend(model.opset_import)
+    cleaned.ir_version = model.ir_version
+    return cleaned
+
+
+def onnx_from_graph_module(
+    gm: fx.GraphModule,
+    input_shape: Sequence[int],
+    path: Path,
+    output_names: Sequence[str],
+    opset: int | None = None,
+) -> dict:
+    """Export ``gm`` (input [B, *input_shape] float32, batch dynamic) to ``path``.
+
+    Returns facts for the manifest: node types in the tokcompile domain, opset, output names.
+    """
+    opset = opset or _defaults.ONNX_OPSET
+    module = _export_form(gm).eval()
+    example = torch.zeros(2, *input_shape)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=list(output_names),
+                dynamic_shapes=({0: batch},),
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as exc:
+            raise RuntimeError(f"torch.onnx.export failed: {exc}") from exc
+    model = program.model_proto
+    custom = _attach_functions(model, opset)
+    model = _cleanup(model)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise RuntimeError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return {"opset": opset, "custom_nodes": custom, "outputs": list(output_names), "input": INPUT_NAME}

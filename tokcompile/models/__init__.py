@@ -1,0 +1,126 @@
+"""Models: aliases, weights, and capture of timm ViTs as FX graphs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .. import _defaults
+from ..errors import TokcompileError
+from .aliases import ALIASES, resolve_model_name, vit_model_names
+from .weights import file_sha256, hub_reachable, load_state_dict_strict, read_checkpoint, state_digest
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ALIASES", "ModelSpec", "create_model", "resolve_model_name", "vit_model_names"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the passes need to know about a ViT, read off the timm module."""
+
+    name: str  # timm name
+    depth: int
+    embed_dim: int
+    num_heads: int
+    num_prefix_tokens: int
+    has_class_token: bool
+    global_pool: str
+    img_size: tuple[int, int]
+    num_patches: int
+    num_classes: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, *self.img_size)
+
+
+def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise TokcompileError(
+            f"model '{name}' is a {type(model).__name__}, not a timm VisionTransformer; "
+            "tokcompile works on ViT/DeiT models (see 'tokcompile list models')"
+        )
+    pe = model.patch_embed
+    return ModelSpec(
+        name=name,
+        depth=len(model.blocks),
+        embed_dim=model.embed_dim,
+        num_heads=model.blocks[0].attn.num_heads,
+        num_prefix_tokens=model.num_prefix_tokens,
+        has_class_token=model.cls_token is not None,
+        global_pool=model.global_pool,
+        img_size=tuple(pe.img_size),
+        num_patches=pe.num_patches,
+        num_classes=model.num_classes,
+    )
+
+
+def create_model(
+    name: str, weights: Optional[str] = None, seed: Optional[int] = None, **timm_kwargs: Any
+) -> tuple[torch.nn.Module, ModelSpec, dict[str, Any]]:
+    """Build a timm ViT in eval mode and load its weights.
+
+    weights: ``auto`` (pretrained when timm's hub answers, else random with a warning),
+    ``pretrained``, ``random``, or a path to ``.safetensors``/``.pth``/``.pt``.
+    Returns (model, spec, weights record for the manifest).
+    """
+    import timm
+
+    timm_name = resolve_model_name(name)
+    weights = weights if weights is not None else _defaults.WEIGHTS
+    seed = seed if seed is not None else _defaults.SEED
+    record: dict[str, Any]
+    if weights == "auto":
+        weights = "pretrained" if hub_reachable() else "random"
+        if weights == "random":
+            logger.warning(
+                "WARNING: pretrained weights for %s cannot be downloaded here; using RANDOM "
+                "weights (seed %d). Accuracy figures of this bundle mean nothing. Pass "
+                "--weights PATH for real weights.",
+                timm_name,
+                seed,
+            )
+    torch.manual_seed(seed)
+    if weights == "pretrained":
+        if not hub_reachable():
+            raise TokcompileError(
+                f"pretrained weights for '{timm_name}' cannot be downloaded (no connection to "
+                "huggingface.co); use --weights random or --weights PATH"
+            )
+        try:
+            model = timm.create_model(timm_name, pretrained=True, **timm_kwargs)
+        except Exception as exc:
+            raise TokcompileError(
+                f"downloading pretrained weights for '{timm_name}' failed ({type(exc).__name__}); "
+                "use --weights random or --weights PATH"
+            ) from None
+        record = {"source": "pretrained", "tag": model.pretrained_cfg.get("tag")}
+    elif weights == "random":
+        model = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
+        record = {"source": "random", "seed": seed}
+    else:
+        path = Path(os.path.expanduser(weights))
+        if not path.exists() and path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+            raise TokcompileError(
+                f"--weights must be auto, pretrained, random or a checkpoint path; '{weights}' is none of these"
+            )
+        state = read_checkpoint(path)
+        model = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
+        load_state_dict_strict(model, state, str(path))
+        record = {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
+    model.eval()
+    spec = spec_of(model, timm_name)
+    record["digest"] = state_digest(model)
+    return model, spec, record

@@ -1,0 +1,119 @@
+"""Capture a timm ViT as a ``torch.fx.GraphModule`` and find its transformer blocks.
+
+Capture is symbolic (module/function level, timm's no-trace lists), so token counts stay
+``x.shape`` expressions and passes can change them. Blocks are found structurally: a block is a
+``scaled_dot_product_attention`` call followed by two residual adds, the first of which
+consumes the attention output (the attention residual) and the second of which consumes the
+first (the MLP residual). Module paths only name what was found.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..errors import TokcompileError
+
+SDPA = F.scaled_dot_product_attention
+ADD_TARGETS = (operator.add, torch.add)
+
+
+class _ViTTracer(fx.Tracer):
+    def __init__(self) -> None:
+        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+        self._leaves = tuple(get_notrace_modules())
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return isinstance(m, self._leaves) or super().is_leaf_module(m, qualname)
+
+
+def capture(model: torch.nn.Module) -> fx.GraphModule:
+    """Trace ``model(x)`` (no mask, not causal) to a GraphModule with fused attention kept on."""
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            # Passes read q and k at the scaled_dot_product_attention call (DESIGN.md §3).
+            m.fused_attn = True
+    tracer = _ViTTracer()
+    graph = tracer.trace(model, concrete_args={"attn_mask": None, "is_causal": False})
+    gm = fx.GraphModule(model, graph, class_name=type(model).__name__ + "Graph")
+    gm.meta["tokcompile.source"] = type(model).__name__
+    return gm
+
+
+@dataclass
+class BlockNodes:
+    """The nodes of one transformer block that passes rewrite."""
+
+    index: int
+    path: str  # module path, for messages (e.g. "blocks.3")
+    sdpa: fx.Node
+    attn_residual: fx.Node  # x + attn(norm1(x)): EViT/ToMe reduce here, before the MLP
+    mlp_residual: fx.Node  # the block output
+
+    @property
+    def q(self) -> fx.Node:
+        return self.sdpa.args[0]  # type: ignore[return-value]
+
+    @property
+    def k(self) -> fx.Node:
+        return self.sdpa.args[1]  # type: ignore[return-value]
+
+
+def _module_path(node: fx.Node, depth_from_leaf: int = 0) -> str:
+    stack = list(node.meta.get("nn_module_stack", {}).keys())
+    if len(stack) <= depth_from_leaf:
+        return ""
+    return stack[-1 - depth_from_leaf]
+
+
+def _is_add(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in ADD_TARGETS
+
+
+def _first_add_user(start: fx.Node, order: dict[fx.Node, int]) -> fx.Node | None:
+    """The earliest add reachable from ``start`` through single-input ops or adds of it."""
+    frontier = [start]
+    seen: set[fx.Node] = set()
+    best: fx.Node | None = None
+    while frontier:
+        node = frontier.pop()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if _is_add(user):
+                if best is None or order[user] < order[best]:
+                    best = user
+            else:
+                frontier.append(user)
+    return best
+
+
+def find_blocks(gm: fx.GraphModule) -> list[BlockNodes]:
+    """Transformer blocks in graph order. Raises TokcompileError when none are found."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    blocks: list[BlockNodes] = []
+    for node in gm.graph.nodes:
+        if not (node.op == "call_function" and node.target is SDPA):
+            continue
+        attn_res = _first_add_user(node, order)
+        if attn_res is None:
+            continue
+        mlp_res = _first_add_user(attn_res, order)
+        if mlp_res is None:
+            continue
+        attn_path = _module_path(node)
+        block_path = attn_path.rsplit(".", 1)[0] if "." in attn_path else attn_path
+        blocks.append(BlockNodes(len(blocks), block_path, node, attn_res, mlp_res))
+    if not blocks:
+        raise TokcompileError(
+            "no transformer block (scaled_dot_product_attention followed by residual adds) was "
+            "found in the traced model; only timm VisionTransformer-style models are supported"
+        )
+    return blocks

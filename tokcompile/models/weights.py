@@ -1,0 +1,103 @@
+"""Model weights: ``auto``, ``pretrained``, ``random`` or a checkpoint path.
+
+Checkpoints are read without unpickling arbitrary objects: safetensors, or
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TokcompileError
+
+logger = logging.getLogger(__name__)
+
+HUB_HOST = ("huggingface.co", 443)
+# Official DeiT/EViT checkpoints nest the state dict under one of these keys.
+NESTED_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether timm's weight host answers; a quick probe so offline builds do not hang."""
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``.pth/.pt/.bin`` state dict; raise TokcompileError if unusable."""
+    if not path.is_file():
+        raise TokcompileError(f"checkpoint '{path}' does not exist; pass an existing file to --weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or pickled with arbitrary objects
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TokcompileError(
+            f"checkpoint '{path}' cannot be read ({first[:160]}); "
+            "pass a .safetensors file or a state dict saved with torch.save"
+        ) from None
+    for key in NESTED_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TokcompileError(
+            f"checkpoint '{path}' holds no state dict (expected tensors at the top level or "
+            f"under one of {', '.join(NESTED_KEYS)})"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``, naming the first mismatching keys when it does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}")
+    if wrong:
+        problems.append(f"shape mismatch {', '.join(wrong[:3])}")
+    if problems:
+        raise TokcompileError(
+            f"checkpoint '{source}' does not match the model: {'; '.join(problems)} "
+            "(check that --weights belongs to this model)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over parameter names and bytes: proves that a rebuilt model has the same weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,30 @@
+"""Token ops (``torch.ops.tokcompile.*``) and what export needs to know about each.
+
+Importing this package registers every op with torch.library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import evit_select as _evit_select
+
+
+@dataclass(frozen=True)
+class TokenOp:
+    """One token op across layers: torch op ↔ export form ↔ ONNX node/function."""
+
+    op: object  # torch.ops.tokcompile.<name>.default
+    onnx_name: str  # node op_type in domain ONNX_DOMAIN, also the TensorRT plugin name
+    onnx_symbolic: Callable  # traced at export: emits the node via torch.onnx.ops.symbolic*
+    onnx_function: Callable[[int], object]  # opset -> onnxscript function (the body)
+
+
+ONNX_DOMAIN = "tokcompile"
+
+evit_select = _evit_select.evit_select
+
+TOKEN_OPS: dict[object, TokenOp] = {
+    evit_select: TokenOp(evit_select, _evit_select.ONNX_NAME, _evit_select.onnx_symbolic, _evit_select.onnx_function),
+}

@@ -1,0 +1,143 @@
+"""``tokcompile::evit_select``: EViT top-k token selection with optional fused token.
+
+Semantics: methods-reference.md §1.2 (official ``youweiliang/evit``), re-written here:
+
+    x:      [B, N, C]  post-attention-residual tokens; the first P are prefix tokens (CLS, ...)
+    attn:   [B, H, N]  float32 CLS row of the post-softmax attention, per head
+    k     = ceil(keep_rate * (N - P)) in float64
+    s     = mean_h attn[:, h, P:]                        [B, N - P]
+    idx   = topk(s, k, largest, sorted)                   descending score order
+    out   = [x[:, :P], x[:, P:][idx], (Σ_{j ∉ idx} s_j · x[:, P + j])?]
+            the fused token uses the raw (un-normalised) weights, as the official code does.
+    returns (out [B, P + k + fuse, C], idx + P [B, k] int64: kept positions in x)
+
+When k == N - P the op is the identity (the official layer returns early), with no fused token.
+Scoring and the fused sum run in float32 whatever the token dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnxscript
+import torch
+from onnxscript import FLOAT, INT64
+from onnxscript import opset18 as op
+
+from .. import _defaults
+from ..errors import TokcompileError
+
+ONNX_DOMAIN = "tokcompile"
+ONNX_NAME = "EvitSelect"
+
+
+def keep_count(keep_rate: float, num_tokens: int, num_prefix: int) -> int:
+    """k = ceil(keep_rate * (N - P)) in float64, as Python's math.ceil does (never float32)."""
+    if not isinstance(num_tokens, int):
+        raise TokcompileError("evit_select needs a static token count; export with a fixed image size")
+    return int(math.ceil(float(keep_rate) * float(num_tokens - num_prefix)))
+
+
+def evit_select_reference(
+    x: torch.Tensor, attn: torch.Tensor, keep_rate: float, fuse: bool, num_prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure-torch reference; see the module docstring for the contract."""
+    B, N, C = x.shape
+    P = num_prefix
+    k = keep_count(keep_rate, N, P)
+    if k >= N - P:
+        idx = torch.arange(P, N, device=x.device).expand(B, N - P).contiguous()
+        return x.clone(), idx
+    scores = attn.float().mean(dim=1)[:, P:]
+    _, idx = scores.topk(k, dim=1, largest=True, sorted=True)
+    rest = x[:, P:]
+    kept = rest.gather(1, idx.unsqueeze(-1).expand(B, k, C))
+    parts = [x[:, :P], kept]
+    if fuse:
+        dropped_weights = scores.scatter(1, idx, 0.0)
+        extra = torch.bmm(dropped_weights.unsqueeze(1), rest.float()).to(x.dtype)
+        parts.append(extra)
+    return torch.cat(parts, dim=1), idx + P
+
+
+@torch.library.custom_op("tokcompile::evit_select", mutates_args=())
+def _evit_select_op(
+    x: torch.Tensor, attn: torch.Tensor, keep_rate: float, fuse: bool, num_prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return evit_select_reference(x, attn, keep_rate, fuse, num_prefix)
+
+
+@_evit_select_op.register_fake
+def _evit_select_fake(
+    x: torch.Tensor, attn: torch.Tensor, keep_rate: float, fuse: bool, num_prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, N, C = x.shape
+    k = keep_count(keep_rate, N, num_prefix)
+    if k >= N - num_prefix:
+        return x.new_empty(B, N, C), x.new_empty(B, N - num_prefix, dtype=torch.int64)
+    return x.new_empty(B, num_prefix + k + int(fuse), C), x.new_empty(B, k, dtype=torch.int64)
+
+
+evit_select = torch.ops.tokcompile.evit_select.default
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX: one node EvitSelect(x, attn) in domain "tokcompile" calling a model-local function whose
+# body is plain ONNX (TopK, GatherElements, ScatterElements without reduction, MatMul, Concat).
+# The TensorRT ONNX parser inlines the body unless a plugin named EvitSelect is registered.
+
+
+def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
+    """The function body for the node, with ``default_opset`` equal to the model's opset."""
+    if opset_version != 18:
+        raise TokcompileError(f"EvitSelect's ONNX body is written for opset 18, not {opset_version}")
+
+    @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
+    def EvitSelect(x, attn: FLOAT, k: int, num_prefix: int, fuse: int):
+        axis1 = op.Constant(value_ints=[1])
+        zero = op.Constant(value_ints=[0])
+        end = op.Constant(value_ints=[9223372036854775807])
+        prefix_end = op.Reshape(op.Constant(value_int=num_prefix), axis1)
+        k_1d = op.Reshape(op.Constant(value_int=k), axis1)
+        fuse_1d = op.Reshape(op.Constant(value_int=fuse), axis1)
+        scores = op.Slice(op.ReduceMean(attn, axis1, keepdims=0), prefix_end, end, axis1)  # [B, N-P]
+        rest = op.Slice(x, prefix_end, end, axis1)  # [B, N-P, C]
+        prefix = op.Slice(x, zero, prefix_end, axis1)  # [B, P, C]
+        top_values, idx = op.TopK(scores, k_1d, axis=1, largest=1, sorted=1)  # [B, k]
+        rest_shape = op.Shape(rest)
+        gather_shape = op.Concat(op.Slice(rest_shape, zero, axis1), k_1d, op.Slice(rest_shape, op.Constant(value_ints=[2]), end), axis=0)
+        kept = op.GatherElements(rest, op.Expand(op.Unsqueeze(idx, op.Constant(value_ints=[-1])), gather_shape), axis=1)
+        # Dropped tokens keep their raw attention weight, kept ones get 0 (no renormalisation).
+        dropped = op.ScatterElements(scores, idx, op.Sub(top_values, top_values), axis=1)
+        extra = op.MatMul(op.Unsqueeze(dropped, axis1), op.Cast(rest, to=1))  # [B, 1, C] float32
+        extra = op.Slice(op.CastLike(extra, x), zero, fuse_1d, axis1)  # [B, fuse, C]
+        out = op.Concat(prefix, kept, extra, axis=1)
+        kept_pos = op.Add(idx, prefix_end)
+        return out, kept_pos
+
+    return EvitSelect
+
+
+def onnx_symbolic(
+    x: torch.Tensor, attn: torch.Tensor, keep_rate: float, fuse: bool, num_prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Export form: emits the ``tokcompile::EvitSelect`` node (traced by torch.onnx.export)."""
+    B, N, C = x.shape
+    k = keep_count(keep_rate, N, num_prefix)
+    if k >= N - num_prefix:  # identity layer: no node at all
+        return x, torch.arange(num_prefix, N, device=x.device).expand(B, N - num_prefix)
+    out, kept = torch.onnx.ops.symbolic_multi_out(
+        f"{ONNX_DOMAIN}::{ONNX_NAME}",
+        [x, attn.float()],
+        {
+            "k": k,
+            "num_prefix": num_prefix,
+            "fuse": int(fuse),
+            "plugin_namespace": _defaults.PLUGIN_NAMESPACE,
+            "plugin_version": _defaults.PLUGIN_VERSION,
+        },
+        dtypes=[x.dtype, torch.int64],
+        shapes=[[B, num_prefix + k + int(fuse), C], [B, k]],
+        version=1,
+    )
+    return out, kept

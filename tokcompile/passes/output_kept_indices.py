@@ -1,0 +1,82 @@
+"""output_kept_indices: expose, per token op, which original tokens it kept.
+
+Rewrite::
+
+    return logits      →      return (logits, kept_ids_<block>, ...)
+
+``kept_ids_<block>`` is [B, k] int64: positions in the *input* token sequence (0 = CLS,
+1.. = patches) of the tokens the op kept, in the op's output order. A fused token created by
+an earlier layer has id -1. Because ids refer to the original sequence, two runs agree on a
+layer exactly when they kept the same tokens, even if an earlier layer ordered them differently.
+``compare`` reads these outputs; the bundle runner drops them unless asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+
+import torch
+import torch.fx as fx
+
+from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
+from .manager import PassContext, PassResult
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_META = "tokcompile.outputs"
+
+
+@torch.fx.wrap
+def initial_token_ids(x: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, C] → [[0, 1, ..., N-1]] * B (int64)."""
+    return torch.arange(x.shape[1], device=x.device).unsqueeze(0).expand(x.shape[0], x.shape[1])
+
+
+@torch.fx.wrap
+def gather_token_ids(
+    ids: torch.Tensor, kept_pos: torch.Tensor, out: torch.Tensor, num_prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids: [B, N] ids of the op's input; kept_pos: [B, k] positions kept; out: the op's tokens.
+
+    Returns (ids of out [B, N'], ids of the kept tokens [B, k]); extra tokens an op appends
+    after the kept ones (EViT's fused token) get id -1.
+    """
+    kept = ids.gather(1, kept_pos)
+    extra = out.shape[1] - num_prefix - kept_pos.shape[1]
+    parts = [ids[:, :num_prefix], kept]
+    if extra > 0:
+        parts.append(torch.full_like(ids[:, :extra], -1))
+    return torch.cat(parts, dim=1), kept
+
+
+def output_kept_indices(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    if OUTPUT_META in output.meta:
+        return PassResult(gm, False)
+    ops = token_op_nodes(gm)
+    if not ops:
+        return PassResult(gm, False)
+    graph = gm.graph
+    names = ["logits"]
+    results = [output.args[0]]
+    ids = None
+    with graph.inserting_before(output):
+        for sel in ops:
+            getters = {u.args[1]: u for u in sel.users if u.target is operator.getitem}
+            if ids is None:
+                ids = graph.call_function(initial_token_ids, (sel.args[0],))
+            pair = graph.call_function(gather_token_ids, (ids, getters[1], getters[0], ctx.spec.num_prefix_tokens))
+            ids = graph.call_function(operator.getitem, (pair, 0))
+            results.append(graph.call_function(operator.getitem, (pair, 1)))
+            names.append(f"kept_ids_{sel.meta[TOKEN_OP_KEY]}")
+    output.args = (tuple(results),)
+    output.meta[OUTPUT_META] = names
+    ctx.info["outputs"] = names
+    logger.info("output_kept_indices: %s", ", ".join(names[1:]))
+    return PassResult(gm, True)
+
+
+def output_names(gm: fx.GraphModule) -> list[str]:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    return list(output.meta.get(OUTPUT_META, ["logits"]))
