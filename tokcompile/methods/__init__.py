@@ -38,3 +38,41 @@ def get_method(name: str) -> Method:
     close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.4)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise TokcompileError(f"unknown method '{name}'{hint} (known: {', '.join(METHODS)}; see 'tokcompile list methods')")
+
+
+def resolve_config(method: Method, spec: Any, params: dict[str, Any]) -> Any:
+    """The method's config from user parameters (None = default); rejects unknown parameters."""
+    given = {k: v for k, v in params.items() if v is not None}
+    if method.config is None:
+        if given:
+            raise TokcompileError(f"method '{method.name}' takes no parameters, got {', '.join(given)}")
+        return None
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(method.config)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TokcompileError(
+            f"method '{method.name}' has no parameter {', '.join(unknown)} (it takes {', '.join(sorted(known))})"
+        )
+    return method.config.resolve(spec, **given)
+
+
+def apply_method(
+    model: Any, spec: Any, method: Method, config: Any, precision: str, debug: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """Capture ``model`` and run the method's pipeline, then the precision pass.
+
+    Returns (GraphModule, info) where info holds what passes recorded (tokens, outputs, ...).
+    """
+    from ..models.tracing import capture
+    from ..passes.annotate_tokens import annotate_tokens
+    from ..passes.cast_precision import cast_precision
+    from ..passes.manager import PassContext, run_passes
+
+    layers = tuple(getattr(config, "layers", ()))
+    ctx = PassContext(spec=spec, config=config, layers=layers, debug=debug)
+    ctx.info["precision"] = precision
+    pipeline = method.pipeline or (annotate_tokens,)
+    gm = run_passes(capture(model), (*pipeline, cast_precision), ctx).graph_module
+    return gm, ctx.info

@@ -9,6 +9,7 @@ first (the MLP residual). Module paths only name what was found.
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass
 
@@ -34,13 +35,28 @@ class _ViTTracer(fx.Tracer):
 
 
 def capture(model: torch.nn.Module) -> fx.GraphModule:
-    """Trace ``model(x)`` (no mask, not causal) to a GraphModule with fused attention kept on."""
+    """Trace ``model(x)`` (no mask, not causal) to a GraphModule with fused attention kept on.
+
+    The GraphModule owns a copy of the parameters: passes (precision casts) never touch ``model``.
+    """
+    model = copy.deepcopy(model)
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             # Passes read q and k at the scaled_dot_product_attention call (DESIGN.md §3).
             m.fused_attn = True
     tracer = _ViTTracer()
     graph = tracer.trace(model, concrete_args={"attn_mask": None, "is_causal": False})
+    # concrete_args leave placeholders with guard asserts behind; the graph takes images only.
+    guards: set[fx.Node] = set()
+    frontier = [n for n in graph.nodes if n.op == "placeholder"][1:]
+    while frontier:
+        node = frontier.pop()
+        if node not in guards:
+            guards.add(node)
+            frontier.extend(node.users)
+    for node in reversed(list(graph.nodes)):
+        if node in guards:
+            graph.erase_node(node)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__ + "Graph")
     gm.meta["tokcompile.source"] = type(model).__name__
     return gm

@@ -1,0 +1,172 @@
+"""``tokcompile.build``: model + method → bundle directory (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__, _defaults
+from .errors import TokcompileError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime",)
+MODEL_FILE = "model.onnx"
+TWIN_FILE = "model.fp32.onnx"
+REPORT_FILE = "report.md"
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import onnxscript
+    import timm
+    import torch
+
+    return {
+        "tokcompile": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _fingerprint(model: str, weights: dict[str, Any], method: str, params: Any, precision: str, backend: str) -> str:
+    key = json.dumps([model, weights.get("digest"), method, params, precision, backend], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def rebuild(
+    manifest: dict[str, Any], method: Optional[str] = None, precision: Optional[str] = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The eager GraphModule a bundle was built from (or its dense twin with ``method='none'``).
+
+    The weights are recreated from the manifest's record and must hash to the same digest.
+    """
+    from .methods import apply_method, get_method, resolve_config
+    from .models import create_model
+
+    record = manifest["weights"]
+    weights = record["path"] if record["source"] == "file" else record["source"]
+    model, spec, got = create_model(manifest["model"]["timm_name"], weights=weights, seed=record.get("seed"))
+    if got["digest"] != record["digest"]:
+        raise TokcompileError(
+            f"the weights for this bundle ({weights}) no longer match the ones it was built with; rebuild the bundle"
+        )
+    m = get_method(method or manifest["method"]["name"])
+    params = manifest["method"]["params"] if m.name == manifest["method"]["name"] else {}
+    config = resolve_config(m, spec, params)
+    gm, info = apply_method(model, spec, m, config, precision or manifest["precision"])
+    return gm, spec, info
+
+
+def build(
+    model: str,
+    method: Optional[str] = None,
+    precision: Optional[str] = None,
+    weights: Optional[str] = None,
+    output: Optional[str | Path] = None,
+    backend: Optional[str] = None,
+    force: bool = False,
+    seed: Optional[int] = None,
+    **params: Any,
+) -> BuildResult:
+    """Build a bundle. ``params`` are the method's (e.g. keep_rate=0.7, layers=(3, 6, 9), fuse=True).
+
+    Returns the bundle path and its manifest. Raises TokcompileError for user mistakes; on
+    any failure nothing is left at ``output``.
+    """
+    from .backends import onnxruntime as ort_backend
+    from .export.onnx import onnx_from_graph_module
+    from .methods import apply_method, get_method, resolve_config
+    from .models import create_model
+    from .models.flops import count_gmacs
+    from .passes.cast_precision import precision_dtype
+    from .passes.output_kept_indices import output_names
+    from .runtime import bundle as bundle_io
+    from .runtime.report import write_report
+
+    start = time.perf_counter()
+    method_name = method or _defaults.METHOD
+    precision = precision or _defaults.PRECISION
+    backend = backend or _defaults.BACKEND
+    precision_dtype(precision)
+    if backend not in BACKENDS:
+        raise TokcompileError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    m = get_method(method_name)
+    torch_model, spec, weights_record = create_model(model, weights=weights, seed=seed)
+    config = resolve_config(m, spec, params)
+    method_params = config.params() if config is not None else {}
+    out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
+    fingerprint = _fingerprint(spec.name, weights_record, m.name, method_params, precision, backend)
+    bundle_io.check_output(out, fingerprint, force)
+
+    gmacs_dense = count_gmacs(torch_model, spec.input_shape)
+    gm, info = apply_method(torch_model, spec, m, config, precision)
+    names = output_names(gm)
+    with bundle_io.staging_dir(out) as tmp:
+        stage: dict[str, Any] = {"name": "main", "file": MODEL_FILE}
+        stage.update(onnx_from_graph_module(gm, spec.input_shape, tmp / MODEL_FILE, names))
+        files = [MODEL_FILE]
+        stage["onnxruntime_file"], stage["onnxruntime_precision"] = MODEL_FILE, precision
+        if precision != "fp32":
+            reason = ort_backend.cannot_execute(tmp / MODEL_FILE)
+            if reason is not None:
+                logger.warning(
+                    "ONNX Runtime cannot execute the %s graph on this CPU (%s); exporting an fp32 twin "
+                    "for checks (TensorRT and GPUs run %s itself)", precision, reason, MODEL_FILE
+                )
+                twin, _ = apply_method(torch_model, spec, m, config, "fp32")
+                onnx_from_graph_module(twin, spec.input_shape, tmp / TWIN_FILE, names)
+                files.append(TWIN_FILE)
+                stage.update(onnxruntime_file=TWIN_FILE, onnxruntime_precision="fp32", onnxruntime_note=reason)
+        reduced_fp32 = gm if precision == "fp32" else apply_method(torch_model, spec, m, config, "fp32")[0]
+        gmacs = count_gmacs(reduced_fp32, spec.input_shape) if m.pipeline else gmacs_dense
+        manifest: dict[str, Any] = {
+            "format": bundle_io.FORMAT,
+            "format_version": bundle_io.FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": {
+                "name": model,
+                "timm_name": spec.name,
+                "input_shape": list(spec.input_shape),
+                "num_classes": spec.num_classes,
+                "depth": spec.depth,
+                "embed_dim": spec.embed_dim,
+                "num_heads": spec.num_heads,
+                "num_prefix_tokens": spec.num_prefix_tokens,
+            },
+            "weights": weights_record,
+            "method": {"name": m.name, "params": method_params},
+            "precision": precision,
+            "backend": backend,
+            "tokens": info["tokens"],
+            "gmacs": {"reduced": round(gmacs, 4), "dense": round(gmacs_dense, 4), "ideal_speedup": round(gmacs_dense / gmacs, 4)},
+            "stages": [stage],
+            "versions": _versions(),
+        }
+        write_report(tmp / REPORT_FILE, manifest)
+        files.append(REPORT_FILE)
+        manifest["build_seconds"] = round(time.perf_counter() - start, 1)
+        bundle_io.commit(tmp, out, manifest, files)
+    seconds = time.perf_counter() - start
+    logger.info("build: wrote %s in %.1f s", out, seconds)
+    return BuildResult(out, manifest, seconds)

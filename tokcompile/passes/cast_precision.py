@@ -1,0 +1,96 @@
+"""cast_precision: make the graph fp16/bf16 with float32 islands (DESIGN.md §5).
+
+Rewrite, for ``ctx.info["precision"]`` in {fp16, bf16}::
+
+    images (float32) → .to(dtype) → ... → logits.float()
+    layer_norm(x)    → layer_norm(x.float()).to(dtype)     (statistics in float32)
+    conv(x)          → conv(x.float()).to(dtype)           (bf16 only: opset 18 has no bf16 Conv)
+
+Parameters become ``dtype`` except LayerNorm's, which stay float32. Scoring and selection are
+already float32 (``cls_attention_row``, token ops), so a precision change cannot flip a
+selection through its arithmetic, only through the tokens it reads. For fp32 the pass does
+nothing. Graph inputs and the logits stay float32, so the bundle's interface does not depend
+on its precision.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..errors import TokcompileError
+from .manager import PassContext, PassResult
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DONE_KEY = "tokcompile.precision"
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    if precision not in DTYPES:
+        raise TokcompileError(f"--precision must be one of {', '.join(DTYPES)}, got '{precision}'")
+    return DTYPES[precision]
+
+
+def _is_float32_island(gm: fx.GraphModule, node: fx.Node, dtype: torch.dtype) -> bool:
+    """LayerNorm always; the patch-embedding Conv for bf16, which ONNX opset 18 does not type."""
+    if node.op == "call_function":
+        return node.target is F.layer_norm
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return isinstance(module, torch.nn.LayerNorm) or (
+            dtype is torch.bfloat16 and isinstance(module, torch.nn.Conv2d)
+        )
+    return False
+
+
+def _keep_float32(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Return an island's parameters to float32 (module or get_attr operands)."""
+    if node.op == "call_module":
+        gm.get_submodule(node.target).float()
+        return
+    for arg in (*node.args, *node.kwargs.values()):
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            owner, _, name = arg.target.rpartition(".")
+            module = gm.get_submodule(owner) if owner else gm
+            tensor = getattr(module, name)
+            tensor.data = tensor.data.float()
+
+
+def cast_precision(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    precision = ctx.info.get("precision", "fp32")
+    dtype = precision_dtype(precision)
+    if dtype is torch.float32 or gm.meta.get(DONE_KEY) == precision:
+        return PassResult(gm, False)
+    graph = gm.graph
+    gm.to(dtype)
+    for node in graph.nodes:
+        if _is_float32_island(gm, node, dtype):
+            _keep_float32(gm, node)
+    islands = 0
+    for node in list(graph.nodes):
+        if node.op == "placeholder":
+            with graph.inserting_after(node):
+                cast = graph.call_method("to", (node, dtype))
+            node.replace_all_uses_with(cast, delete_user_cb=lambda u, c=cast: u is not c)
+        elif _is_float32_island(gm, node, dtype):
+            with graph.inserting_before(node):
+                up = graph.call_method("float", (node.args[0],))
+            node.args = (up, *node.args[1:])
+            with graph.inserting_after(node):
+                down = graph.call_method("to", (node, dtype))
+            node.replace_all_uses_with(down, delete_user_cb=lambda u, d=down: u is not d)
+            islands += 1
+        elif node.op == "output":
+            outputs = node.args[0]
+            first = outputs[0] if isinstance(outputs, tuple) else outputs
+            with graph.inserting_before(node):
+                logits = graph.call_method("float", (first,))
+            node.args = ((logits, *outputs[1:]) if isinstance(outputs, tuple) else logits,)
+    gm.meta[DONE_KEY] = precision
+    logger.info("cast_precision: %s with %d float32 islands", precision, islands)
+    return PassResult(gm, True)
