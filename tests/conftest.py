@@ -11,7 +11,8 @@ working tree).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -78,9 +79,7 @@ def deit_tiny(models: ModelZoo) -> tuple[torch.nn.Module, ModelSpec]:
     return model, spec
 
 
-def build_evit(
-    zoo: ModelZoo, name: str, passes: Any = None, **params: Any
-) -> tuple[fx.GraphModule, PassContext]:
+def build_evit(zoo: ModelZoo, name: str, passes: Any = None, **params: Any) -> tuple[fx.GraphModule, PassContext]:
     """Capture ``name`` and run the EViT pipeline (or ``passes``) with debug linting on.
 
     ``params`` go to ``EvitConfig.resolve`` (keep_rate, layers, fuse); returns (gm, ctx) with
@@ -130,3 +129,6 @@ def images() -> Callable[[ModelSpec, int], torch.Tensor]:
         return torch.randn(batch, *spec.input_shape, generator=gen)
 
     return make
+
+
+pytest_plugins = ["bundle_fixtures"]

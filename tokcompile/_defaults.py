@@ -27,5 +27,6 @@ BENCH_BATCHES = (1, 16)
 BENCH_ITERS = 20
 BENCH_WARMUP = 3
 
+ONNX_DOMAIN = "tokcompile"  # custom ONNX nodes and their functions
 PLUGIN_NAMESPACE = "tokcompile"
 PLUGIN_VERSION = "1"

@@ -117,6 +117,8 @@ def build(
     out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
     fingerprint = _fingerprint(spec.name, weights_record, m.name, method_params, precision, backend)
     bundle_io.check_output(out, fingerprint, force)
+    if "notice" in weights_record:
+        logger.warning("%s", weights_record.pop("notice"))
 
     gmacs_dense = count_gmacs(torch_model, spec.input_shape)
     gm, info = apply_method(torch_model, spec, m, config, precision)

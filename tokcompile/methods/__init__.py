@@ -70,7 +70,10 @@ def apply_method(
     from ..passes.cast_precision import cast_precision
     from ..passes.manager import PassContext, run_passes
 
+    import logging
+
     layers = tuple(getattr(config, "layers", ()))
+    debug = debug or logging.getLogger("tokcompile").isEnabledFor(logging.DEBUG)
     ctx = PassContext(spec=spec, config=config, layers=layers, debug=debug)
     ctx.info["precision"] = precision
     pipeline = method.pipeline or (annotate_tokens,)

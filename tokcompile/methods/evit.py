@@ -64,9 +64,12 @@ class EvitConfig:
 
 
 def _layer_index(value: Any, depth: int) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
-        raise TokcompileError(f"--layers must be integers (0-based block indices), got '{value}'")
-    index = int(value)
+    try:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise ValueError
+        index = int(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise TokcompileError(f"--layers must be integers (0-based block indices), got '{value}'") from None
     if not 0 <= index < depth:
         raise TokcompileError(f"--layers: block {index} is out of range; this model has blocks 0..{depth - 1}")
     return index

@@ -74,7 +74,8 @@ def create_model(
 
     weights: ``auto`` (pretrained when timm's hub answers, else random with a warning),
     ``pretrained``, ``random``, or a path to ``.safetensors``/``.pth``/``.pt``.
-    Returns (model, spec, weights record for the manifest).
+    Returns (model, spec, weights record for the manifest). With ``auto`` falling back to random
+    weights the record carries a ``notice`` for the caller to show once its inputs are validated.
     """
     import timm
 
@@ -82,15 +83,14 @@ def create_model(
     weights = weights if weights is not None else _defaults.WEIGHTS
     seed = seed if seed is not None else _defaults.SEED
     record: dict[str, Any]
+    notice = None
     if weights == "auto":
         weights = "pretrained" if hub_reachable() else "random"
         if weights == "random":
-            logger.warning(
-                "WARNING: pretrained weights for %s cannot be downloaded here; using RANDOM "
-                "weights (seed %d). Accuracy figures of this bundle mean nothing. Pass "
-                "--weights PATH for real weights.",
-                timm_name,
-                seed,
+            notice = (
+                f"WARNING: pretrained weights for {timm_name} cannot be downloaded here; using RANDOM "
+                f"weights (seed {seed}). Accuracy figures of this bundle mean nothing. Pass --weights PATH "
+                "for real weights."
             )
     torch.manual_seed(seed)
     if weights == "pretrained":
@@ -123,4 +123,6 @@ def create_model(
     model.eval()
     spec = spec_of(model, timm_name)
     record["digest"] = state_digest(model)
+    if notice:
+        record["notice"] = notice
     return model, spec, record

@@ -1,6 +1,7 @@
 """Token ops (``torch.ops.tokcompile.*``) and what export needs to know about each.
 
-Importing this package registers every op with torch.library.
+Importing this package registers every op with torch.library. Passes, export and tests use
+the alias defined beside each op, e.g. ``from tokcompile.ops.evit_select import evit_select``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import _defaults
 from . import evit_select as _evit_select
 
 
@@ -21,10 +23,11 @@ class TokenOp:
     onnx_function: Callable[[int], object]  # opset -> onnxscript function (the body)
 
 
-ONNX_DOMAIN = "tokcompile"
-
-evit_select = _evit_select.evit_select
+ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 
 TOKEN_OPS: dict[object, TokenOp] = {
-    evit_select: TokenOp(evit_select, _evit_select.ONNX_NAME, _evit_select.onnx_symbolic, _evit_select.onnx_function),
+    op.op: op
+    for op in (
+        TokenOp(_evit_select.evit_select, _evit_select.ONNX_NAME, _evit_select.onnx_symbolic, _evit_select.onnx_function),
+    )
 }

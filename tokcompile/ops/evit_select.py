@@ -27,7 +27,7 @@ from onnxscript import opset18 as op
 from .. import _defaults
 from ..errors import TokcompileError
 
-ONNX_DOMAIN = "tokcompile"
+ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "EvitSelect"
 
 

@@ -14,6 +14,7 @@ whatever the model dtype so that precision does not flip selections. The new nod
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 import torch.fx as fx
@@ -27,9 +28,12 @@ META_KEY = "tokcompile.cls_attention"
 
 
 @torch.fx.wrap
-def cls_attention_row(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q, k: [B, H, N, hd] → post-softmax attention of query 0 (CLS): [B, H, N] float32."""
-    scale = q.shape[-1] ** -0.5
+def cls_attention_row(q: torch.Tensor, k: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    """q, k: [B, H, N, hd] → post-softmax attention of query 0 (CLS): [B, H, N] float32.
+
+    ``scale`` is the attention call's own (scaled_dot_product_attention's default hd^-0.5 if None).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = torch.matmul(q[:, :, :1].float(), k.float().transpose(-2, -1)) * scale
     return logits.softmax(dim=-1).squeeze(2)
 
@@ -45,7 +49,7 @@ def capture_cls_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if block.index not in ctx.layers or block.index in existing:
             continue
         with gm.graph.inserting_after(block.sdpa):
-            node = gm.graph.call_function(cls_attention_row, (block.q, block.k))
+            node = gm.graph.call_function(cls_attention_row, (block.q, block.k, block.sdpa.kwargs.get("scale")))
         node.meta[META_KEY] = block.index
         node.meta["nn_module_stack"] = dict(block.sdpa.meta.get("nn_module_stack", {}))
         added += 1

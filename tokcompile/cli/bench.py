@@ -1,0 +1,32 @@
+"""Benchmark a bundle against its dense model, interleaved in one run.
+
+Example:
+  tokcompile bench deit_s-evit-fp16 --batch 1,16
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import int_list
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,16)")
+    p.add_argument("--iters", type=int, default=None, help="timed runs per model and batch (default 20)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> bool:
+    from ..runtime.bench import bench, ratio
+
+    batches = int_list(args.batch, "--batch") if args.batch else None
+    rows = bench(args.bundle, batches=batches, iters=args.iters, warmup=args.warmup, threads=args.threads)
+    print(f"{'batch':>5} {'model':>8} {'img/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
+    for r in rows:
+        print(f"{r.batch:>5} {r.name:>8} {r.images_per_s:>9.1f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f}")
+    for batch in dict.fromkeys(r.batch for r in rows):
+        print(f"batch {batch}: reduced/dense throughput ratio {ratio(rows, batch):.3f}x")
+    return True

@@ -1,0 +1,32 @@
+"""Show what a bundle holds: per-layer tokens, GMACs, ideal speed-up, files.
+
+Example:
+  tokcompile inspect deit_s-evit-fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="bundle directory")
+
+
+def run(args: argparse.Namespace) -> bool:
+    from ..runtime.bundle import read_manifest
+    from ..runtime.report import token_table
+
+    m = read_manifest(args.bundle)
+    params = ", ".join(f"{k}={v}" for k, v in m["method"]["params"].items()) or "-"
+    g = m["gmacs"]
+    print(f"model:     {m['model']['name']} ({m['model']['timm_name']}), weights {m['weights']['source']}")
+    print(f"method:    {m['method']['name']} ({params})")
+    print(f"precision: {m['precision']}, backend {m['backend']}")
+    print(f"tokens:    {' → '.join(map(str, m['tokens']['sequence']))}")
+    print(f"GMACs:     {g['reduced']:.3f} reduced, {g['dense']:.3f} dense, ideal speed-up {g['ideal_speedup']:.3f}x")
+    print("\n".join(token_table(m)))
+    print("files (sha256 verified):")
+    for name, entry in m["files"].items():
+        print(f"  {name:20} {entry['bytes'] / 1e6:9.2f} MB  {entry['sha256'][:16]}")
+    return True

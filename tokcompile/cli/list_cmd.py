@@ -1,0 +1,30 @@
+"""List known models or methods.
+
+Example:
+  tokcompile list models
+  tokcompile list methods
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["models", "methods"], help="what to list")
+
+
+def run(args: argparse.Namespace) -> bool:
+    if args.what == "methods":
+        from ..methods import METHODS
+
+        for m in METHODS.values():
+            print(f"{m.name:8} {m.summary}")
+        return True
+    from ..models.aliases import ALIASES, vit_model_names
+
+    for alias, name in ALIASES.items():
+        print(f"{alias:8} {name}")
+    names = vit_model_names()
+    print(f"and {len(names)} timm VisionTransformer names, e.g. {', '.join(names[:4])}, ...")
+    return True

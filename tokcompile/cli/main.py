@@ -1,0 +1,110 @@
+"""tokcompile: compile timm Vision Transformers with token reduction into fast bundles.
+
+Commands:
+  build    model + method → bundle directory (ONNX, manifest, report)
+  compare  bundle vs the PyTorch model it came from (Polygraphy)
+  bench    bundle vs the dense model, throughput and latency
+  inspect  per-layer tokens, GMACs, files of a bundle
+  list     known models or methods
+
+Every command ends with one line: PASSED or FAILED and the time it took. User mistakes print
+one line 'tokcompile: error: ...' and exit with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+from ..errors import TokcompileError
+from . import bench, build, compare, inspect, list_cmd
+
+COMMANDS = {"build": build, "compare": compare, "bench": bench, "inspect": inspect, "list": list_cmd}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 1, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"tokcompile: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(1)
+
+
+def make_parser() -> Parser:
+    # -v/-q work before or after the command; SUPPRESS keeps a sub-parser from resetting them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging (and graph lint after every pass)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and results only")
+    parser = Parser(prog="tokcompile", description=__doc__, parents=[common],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__, parents=[common],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+    return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. by pytest)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> Callable[[], None]:
+    """Configure tokcompile's logger for a command; returns a function that restores it."""
+    logger = logging.getLogger("tokcompile")
+    saved = (list(logger.handlers), logger.level)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s" if verbose else "%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    # Third-party exporters log every rewrite at INFO; keep their warnings only.
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from polygraphy.logger import G_LOGGER
+
+        G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+    except ImportError:
+        pass
+
+    def restore() -> None:
+        logger.handlers[:], _ = saved
+        logger.setLevel(saved[1])
+
+    return restore
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (already printed as one line) and --help
+        return int(exc.code or 0)
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
+    restore = _setup_logging(verbose, quiet)
+    start = time.perf_counter()
+    try:
+        ok = COMMANDS[args.command].run(args)
+    except TokcompileError as exc:
+        sys.stderr.write(f"tokcompile: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("tokcompile: interrupted\n")
+        return 130
+    finally:
+        restore()
+    print(f"{'PASSED' if ok else 'FAILED'} ({time.perf_counter() - start:.1f} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

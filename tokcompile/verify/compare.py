@@ -1,0 +1,149 @@
+"""``tokcompile compare``: the bundle against the eager PyTorch model it was built from.
+
+Polygraphy does the running and the numeric check: a ``TorchRunner`` (eager GraphModule on
+the CPU; Polygraphy's own PytRunner needs CUDA) and an ``OnnxrtRunner`` over the file the
+bundle's ONNX Runtime backend executes, driven by ``Comparator.run`` and checked on the logits
+with ``Comparator.compare_accuracy``. Beyond that this module reports top-1 agreement and, per
+reduction layer, whether both sides kept the same tokens: a precision change that flips a
+selection shows up as a flip, not as a vague tolerance failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from polygraphy.backend.base import BaseRunner
+
+from .. import _defaults
+from ..runtime.bundle import read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class TorchRunner(BaseRunner):
+    """Polygraphy runner for an eager torch module on the CPU."""
+
+    def __init__(self, module: Any, input_name: str, input_shape: tuple[int, ...], output_names: list[str]) -> None:
+        super().__init__(name="pytorch-eager", prefix="pytorch")
+        self.module, self.input_name, self.input_shape, self.output_names = module, input_name, input_shape, output_names
+
+    def get_input_metadata_impl(self):
+        from polygraphy.common import TensorMetadata
+
+        return TensorMetadata().add(self.input_name, np.float32, shape=(-1, *self.input_shape))
+
+    def infer_impl(self, feed_dict):
+        import torch
+
+        start = time.perf_counter()
+        with torch.no_grad():
+            outputs = self.module(torch.from_numpy(np.ascontiguousarray(feed_dict[self.input_name])))
+        self.inference_time = time.perf_counter() - start
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return OrderedDict((n, o.detach().float().numpy() if o.is_floating_point() else o.numpy())
+                           for n, o in zip(self.output_names, outputs))
+
+
+@dataclass
+class CompareReport:
+    precision: str  # precision actually executed on both sides
+    atol: float
+    images: int
+    max_abs: float
+    mean_abs: float
+    top1_agreement: float
+    polygraphy_passed: bool
+    # per reduction layer: fraction of images whose kept token sets are identical
+    layer_agreement: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.polygraphy_passed and self.max_abs <= self.atol
+
+    def lines(self) -> list[str]:
+        out = [
+            f"compared {self.images} images, {self.precision} on both sides, atol {self.atol:g}",
+            f"logits: max |Δ| {self.max_abs:.3g}, mean |Δ| {self.mean_abs:.3g}; top-1 agreement {self.top1_agreement:.1%}",
+        ]
+        for name, rate in self.layer_agreement.items():
+            flips = "" if rate == 1.0 else "  ← selection flips"
+            out.append(f"{name}: identical kept-token sets for {rate:.1%} of images{flips}")
+        return out + self.notes
+
+
+def _random_batches(shape: tuple[int, ...], batch: int, count: int, seed: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        yield rng.standard_normal((batch, *shape), dtype=np.float32)
+
+
+def compare(
+    bundle: Path | str,
+    images: Optional[Path | str] = None,
+    batch: Optional[int] = None,
+    samples: Optional[int] = None,
+    atol: Optional[float] = None,
+    seed: int = 0,
+) -> CompareReport:
+    """Run the bundle and its PyTorch reference on the same inputs and report agreement."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import compare as polygraphy_compare
+
+    from ..api import rebuild
+    from .images import image_batches
+
+    directory = Path(bundle)
+    manifest = read_manifest(directory)
+    stage = manifest["stages"][0]
+    precision = stage["onnxruntime_precision"]
+    atol = atol if atol is not None else _defaults.COMPARE_ATOL[precision]
+    batch = batch or _defaults.COMPARE_BATCH
+    gm, spec, _ = rebuild(manifest, precision=precision)
+    shape = tuple(manifest["model"]["input_shape"])
+    if images is not None:
+        data = list(image_batches(images, manifest["model"]["timm_name"], batch, limit=(samples or 0) * batch or None))
+    else:
+        data = list(_random_batches(shape, batch, samples or _defaults.COMPARE_SAMPLES, seed))
+    feeds = [OrderedDict([(stage["input"], x)]) for x in data]
+    outputs = stage["outputs"]
+    onnx_path = directory / stage["onnxruntime_file"]
+    runners = [
+        TorchRunner(gm, stage["input"], shape, outputs),
+        OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxruntime"),
+    ]
+    results = Comparator.run(runners, data_loader=feeds)
+    # SimpleCompareFunc replaces CompareFunc.simple in newer Polygraphy; older ones have only the latter.
+    simple = getattr(polygraphy_compare, "SimpleCompareFunc", None) or CompareFunc.simple
+    only_logits = simple(
+        atol=atol, rtol=0.0, find_output_func=lambda name, index, it: [name] if name == "logits" else None
+    )
+    accuracy = Comparator.compare_accuracy(results, compare_func=only_logits)
+    ref_iters, got_iters = list(results.values())
+    ref = {n: np.concatenate([it[n] for it in ref_iters]) for n in outputs}
+    got = {n: np.concatenate([it[n] for it in got_iters]) for n in outputs}
+    diff = np.abs(ref["logits"].astype(np.float64) - got["logits"].astype(np.float64))
+    report = CompareReport(
+        precision=precision,
+        atol=atol,
+        images=int(ref["logits"].shape[0]),
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        top1_agreement=float((ref["logits"].argmax(1) == got["logits"].argmax(1)).mean()),
+        polygraphy_passed=bool(accuracy),
+    )
+    for name in outputs[1:]:
+        same = [set(a.tolist()) == set(b.tolist()) for a, b in zip(ref[name], got[name])]
+        report.layer_agreement[name] = float(np.mean(same))
+    if precision != manifest["precision"]:
+        report.notes.append(
+            f"note: ONNX Runtime cannot run the {manifest['precision']} graph on this CPU; compared its fp32 twin"
+        )
+    return report
