@@ -33,8 +33,9 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bundle"
-        result = tokcompile.build(args.model, method="evit", precision=args.precision, weights="random",
-                                  output=out, keep_rate=args.keep_rate)
+        result = tokcompile.build(
+            args.model, method="evit", precision=args.precision, weights="random", output=out, keep_rate=args.keep_rate
+        )
         rows = bench(out, batches=int_list(args.batch, "--batch"), iters=args.iters, threads=args.threads)
     ideal = result.manifest["gmacs"]["ideal_speedup"]
     print(f"{args.model} evit keep {args.keep_rate} {args.precision}, ONNX Runtime CPU, {args.iters} interleaved runs")

@@ -6,8 +6,8 @@ saved as safetensors, so every bundle here also exercises ``--weights PATH``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from safetensors.torch import save_file
@@ -40,7 +40,9 @@ def bundle(checkpoint, tmp_path_factory) -> Callable[..., Path]:
         key = (name, precision, tuple(sorted(params.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp("bundle") / f"{name}-{precision}"
-            tokcompile.build(name, method="evit", precision=precision, weights=str(checkpoint(name)), output=out, **params)
+            tokcompile.build(
+                name, method="evit", precision=precision, weights=str(checkpoint(name)), output=out, **params
+            )
             cache[key] = out
         return cache[key]
 

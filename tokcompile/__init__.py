@@ -1,9 +1,9 @@
 """tokcompile: compile timm ViTs with token reduction into fast, deployable bundles.
 
-    import tokcompile
-    result = tokcompile.build("deit_s", method="evit", precision="fp32", output="out/")
-    runner = tokcompile.load(result.bundle)
-    logits = runner(images)          # numpy float32 [B, 3, H, W] -> [B, classes]
+import tokcompile
+result = tokcompile.build("deit_s", method="evit", precision="fp32", output="out/")
+runner = tokcompile.load(result.bundle)
+logits = runner(images)          # numpy float32 [B, 3, H, W] -> [B, classes]
 """
 
 from .errors import TokcompileError

@@ -133,7 +133,10 @@ def build(
             if reason is not None:
                 logger.warning(
                     "ONNX Runtime cannot execute the %s graph on this CPU (%s); exporting an fp32 twin "
-                    "for checks (TensorRT and GPUs run %s itself)", precision, reason, MODEL_FILE
+                    "for checks (TensorRT and GPUs run %s itself)",
+                    precision,
+                    reason,
+                    MODEL_FILE,
                 )
                 twin, _ = apply_method(torch_model, spec, m, config, "fp32")
                 onnx_from_graph_module(twin, spec.input_shape, tmp / TWIN_FILE, names)
@@ -161,7 +164,11 @@ def build(
             "precision": precision,
             "backend": backend,
             "tokens": info["tokens"],
-            "gmacs": {"reduced": round(gmacs, 4), "dense": round(gmacs_dense, 4), "ideal_speedup": round(gmacs_dense / gmacs, 4)},
+            "gmacs": {
+                "reduced": round(gmacs, 4),
+                "dense": round(gmacs_dense, 4),
+                "ideal_speedup": round(gmacs_dense / gmacs, 4),
+            },
             "stages": [stage],
             "versions": _versions(),
         }

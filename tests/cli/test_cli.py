@@ -71,7 +71,11 @@ def test_list(capsys):
 )
 def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, monkeypatch, argv, pattern):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, *argv, "--weights", "random") if argv[0] == "build" and "--weights" not in argv else run(capsys, *argv)
+    code, _, err = (
+        run(capsys, *argv, "--weights", "random")
+        if argv[0] == "build" and "--weights" not in argv
+        else run(capsys, *argv)
+    )
     assert_user_error(code, err, pattern)
     assert list(tmp_path.iterdir()) == []
 
@@ -96,7 +100,9 @@ def test_corrupt_and_mismatched_checkpoints(capsys, tmp_path):
 def test_output_holding_a_different_bundle(capsys, bundle, checkpoint, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(bundle("test_vit"), out)
-    code, _, err = run(capsys, "build", "test_vit", "--weights", str(checkpoint("test_vit")), "--keep-rate", "0.5", "-o", str(out))
+    code, _, err = run(
+        capsys, "build", "test_vit", "--weights", str(checkpoint("test_vit")), "--keep-rate", "0.5", "-o", str(out)
+    )
     assert_user_error(code, err, r"holds a different bundle .*--force")
 
 

@@ -15,8 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from tokcompile.errors import TokcompileError
-from tokcompile.ops.evit_select import evit_select
-from tokcompile.ops.evit_select import evit_select_reference, keep_count
+from tokcompile.ops.evit_select import evit_select, evit_select_reference, keep_count
 
 FP32_ATOL = 1e-6
 

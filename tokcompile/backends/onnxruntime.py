@@ -8,8 +8,9 @@ which file ONNX Runtime runs and why. ``load`` returns a runner over one ONNX fi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 

@@ -17,7 +17,8 @@ import argparse
 import logging
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 from ..errors import TokcompileError
 from . import bench, build, compare, inspect, list_cmd
@@ -36,16 +37,28 @@ class Parser(argparse.ArgumentParser):
 def make_parser() -> Parser:
     # -v/-q work before or after the command; SUPPRESS keeps a sub-parser from resetting them.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="debug logging (and graph lint after every pass)")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="warnings and results only")
-    parser = Parser(prog="tokcompile", description=__doc__, parents=[common],
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging (and graph lint after every pass)",
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and results only"
+    )
+    parser = Parser(
+        prog="tokcompile", description=__doc__, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, module in COMMANDS.items():
-        p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__, parents=[common],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=module.__doc__.splitlines()[0],
+            description=module.__doc__,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
     return parser
 

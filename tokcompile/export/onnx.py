@@ -11,15 +11,14 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import onnx
 import torch
 import torch.fx as fx
 
 from .. import _defaults
-from ..errors import TokcompileError
 from ..ops import ONNX_DOMAIN, TOKEN_OPS
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,9 @@ A method is an explicit pipeline; ``methods/<name>.py`` is the only place its or
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import TokcompileError
 from . import evit
@@ -65,12 +66,12 @@ def apply_method(
 
     Returns (GraphModule, info) where info holds what passes recorded (tokens, outputs, ...).
     """
+    import logging
+
     from ..models.tracing import capture
     from ..passes.annotate_tokens import annotate_tokens
     from ..passes.cast_precision import cast_precision
     from ..passes.manager import PassContext, run_passes
-
-    import logging
 
     layers = tuple(getattr(config, "layers", ()))
     debug = debug or logging.getLogger("tokcompile").isEnabledFor(logging.DEBUG)

@@ -6,8 +6,9 @@ blocks (3, 6, 9) of 12 (scaled for other depths), keep rate 0.7, token fusion on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from .. import _defaults
 from ..errors import TokcompileError
@@ -24,7 +25,7 @@ def default_layers(depth: int) -> tuple[int, ...]:
     """(3, 6, 9) for 12 blocks; the same relative positions for other depths."""
     if depth == 12:
         return _defaults.EVIT_LAYERS_12
-    return tuple(sorted({min(depth - 1, max(0, round(l * depth / 12))) for l in _defaults.EVIT_LAYERS_12}))
+    return tuple(sorted({min(depth - 1, max(0, round(i * depth / 12))) for i in _defaults.EVIT_LAYERS_12}))
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class EvitConfig:
         keep_rate: Optional[float] = None,
         layers: Optional[Sequence[Any]] = None,
         fuse: Optional[bool] = None,
-    ) -> "EvitConfig":
+    ) -> EvitConfig:
         """Fill defaults and validate against the model; raises TokcompileError on bad values."""
         if not spec.has_class_token:
             raise TokcompileError(

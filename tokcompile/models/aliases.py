@@ -29,7 +29,6 @@ def resolve_model_name(name: str) -> str:
     """
     if name in ALIASES:
         return ALIASES[name]
-    import timm
 
     known = vit_model_names()
     if name in known:

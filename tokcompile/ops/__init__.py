@@ -6,8 +6,8 @@ the alias defined beside each op, e.g. ``from tokcompile.ops.evit_select import 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import _defaults
 from . import evit_select as _evit_select
@@ -28,6 +28,8 @@ ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 TOKEN_OPS: dict[object, TokenOp] = {
     op.op: op
     for op in (
-        TokenOp(_evit_select.evit_select, _evit_select.ONNX_NAME, _evit_select.onnx_symbolic, _evit_select.onnx_function),
+        TokenOp(
+            _evit_select.evit_select, _evit_select.ONNX_NAME, _evit_select.onnx_symbolic, _evit_select.onnx_function
+        ),
     )
 }

@@ -21,7 +21,7 @@ import math
 
 import onnxscript
 import torch
-from onnxscript import FLOAT, INT64
+from onnxscript import FLOAT
 from onnxscript import opset18 as op
 
 from .. import _defaults
@@ -105,7 +105,9 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
         prefix = op.Slice(x, zero, prefix_end, axis1)  # [B, P, C]
         top_values, idx = op.TopK(scores, k_1d, axis=1, largest=1, sorted=1)  # [B, k]
         rest_shape = op.Shape(rest)
-        gather_shape = op.Concat(op.Slice(rest_shape, zero, axis1), k_1d, op.Slice(rest_shape, op.Constant(value_ints=[2]), end), axis=0)
+        gather_shape = op.Concat(
+            op.Slice(rest_shape, zero, axis1), k_1d, op.Slice(rest_shape, op.Constant(value_ints=[2]), end), axis=0
+        )
         kept = op.GatherElements(rest, op.Expand(op.Unsqueeze(idx, op.Constant(value_ints=[-1])), gather_shape), axis=1)
         # Dropped tokens keep their raw attention weight, kept ones get 0 (no renormalisation).
         dropped = op.ScatterElements(scores, idx, op.Sub(top_values, top_values), axis=1)

@@ -44,8 +44,7 @@ def insert_evit_select(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             continue
         if block.index not in rows:
             raise TokcompileError(
-                f"insert_evit_select: block {block.index} has no CLS attention row; "
-                "run capture_cls_attention first"
+                f"insert_evit_select: block {block.index} has no CLS attention row; run capture_cls_attention first"
             )
         x = block.attn_residual
         graph = gm.graph
@@ -57,9 +56,11 @@ def insert_evit_select(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             tokens = graph.call_function(operator.getitem, (sel, 0))
         with graph.inserting_after(tokens):
             graph.call_function(operator.getitem, (sel, 1))
-        x.replace_all_uses_with(tokens, delete_user_cb=lambda user: user is not sel)
+        x.replace_all_uses_with(tokens, delete_user_cb=lambda user, sel=sel: user is not sel)
         sel.meta[TOKEN_OP_KEY] = block.index
         sel.meta["nn_module_stack"] = dict(x.meta.get("nn_module_stack", {}))
         inserted.append(block.index)
-    logger.info("insert_evit_select: %d ops (blocks %s, keep %s, fuse %s)", len(inserted), inserted, cfg.keep_rate, cfg.fuse)
+    logger.info(
+        "insert_evit_select: %d ops (blocks %s, keep %s, fuse %s)", len(inserted), inserted, cfg.keep_rate, cfg.fuse
+    )
     return PassResult(gm, bool(inserted))

@@ -8,8 +8,9 @@ names the failing pass (and the ones before it) when one raises.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch.fx as fx
 

@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import TokcompileError
 from ..models.weights import file_sha256
@@ -52,9 +53,7 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
             if not file.is_file():
                 raise TokcompileError(f"bundle '{directory}' is missing '{name}'; rebuild it")
             if file_sha256(file) != entry["sha256"]:
-                raise TokcompileError(
-                    f"'{file}' fails its sha256 check (modified or corrupt); rebuild the bundle"
-                )
+                raise TokcompileError(f"'{file}' fails its sha256 check (modified or corrupt); rebuild the bundle")
     return manifest
 
 

@@ -23,7 +23,8 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
         f"# {model['name']} · {method['name']} · {manifest['precision']}",
         "",
         f"- model: `{model['timm_name']}`, input {model['input_shape']}",
-        f"- weights: {weights['source']}" + (" (RANDOM: accuracy is meaningless)" if weights["source"] == "random" else ""),
+        f"- weights: {weights['source']}"
+        + (" (RANDOM: accuracy is meaningless)" if weights["source"] == "random" else ""),
         f"- method: `{method['name']}` ({params})",
         f"- tokens: {' → '.join(map(str, manifest['tokens']['sequence']))}",
         f"- GMACs: {g['reduced']:.3f} reduced vs {g['dense']:.3f} dense; ideal speed-up {g['ideal_speedup']:.3f}×",

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
@@ -31,7 +32,12 @@ class TorchRunner(BaseRunner):
 
     def __init__(self, module: Any, input_name: str, input_shape: tuple[int, ...], output_names: list[str]) -> None:
         super().__init__(name="pytorch-eager", prefix="pytorch")
-        self.module, self.input_name, self.input_shape, self.output_names = module, input_name, input_shape, output_names
+        self.module, self.input_name, self.input_shape, self.output_names = (
+            module,
+            input_name,
+            input_shape,
+            output_names,
+        )
 
     def get_input_metadata_impl(self):
         from polygraphy.common import TensorMetadata
@@ -46,8 +52,10 @@ class TorchRunner(BaseRunner):
             outputs = self.module(torch.from_numpy(np.ascontiguousarray(feed_dict[self.input_name])))
         self.inference_time = time.perf_counter() - start
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        return OrderedDict((n, o.detach().float().numpy() if o.is_floating_point() else o.numpy())
-                           for n, o in zip(self.output_names, outputs))
+        return OrderedDict(
+            (n, o.detach().float().numpy() if o.is_floating_point() else o.numpy())
+            for n, o in zip(self.output_names, outputs)
+        )
 
 
 @dataclass
