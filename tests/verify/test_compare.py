@@ -45,6 +45,7 @@ def test_compare_reports_a_selection_flip(bundle, monkeypatch):
     monkeypatch.setattr(api, "rebuild", flipped)
     report = compare(bundle("test_vit"), batch=2, samples=1)
     assert report.layer_agreement["kept_ids_3"] == 0.0
+    assert 0.0 < report.layer_overlap["kept_ids_3"] < 1.0 and report.layer_overlap["kept_ids_2"] == 1.0
     assert report.layer_agreement["kept_ids_2"] == 1.0
     assert any("selection flips" in line for line in report.lines())
 

@@ -69,6 +69,8 @@ class CompareReport:
     polygraphy_passed: bool
     # per reduction layer: fraction of images whose kept token sets are identical
     layer_agreement: dict[str, float] = field(default_factory=dict)
+    # per reduction layer: mean over images of |kept_ref ∩ kept_bundle| / |kept_ref|
+    layer_overlap: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -81,7 +83,7 @@ class CompareReport:
             f"logits: max |Δ| {self.max_abs:.3g}, mean |Δ| {self.mean_abs:.3g}; top-1 agreement {self.top1_agreement:.1%}",
         ]
         for name, rate in self.layer_agreement.items():
-            flips = "" if rate == 1.0 else "  ← selection flips"
+            flips = "" if rate == 1.0 else f" (mean overlap {self.layer_overlap[name]:.2%})  ← selection flips"
             out.append(f"{name}: identical kept-token sets for {rate:.1%} of images{flips}")
         return out + self.notes
 
@@ -148,8 +150,9 @@ def compare(
         polygraphy_passed=bool(accuracy),
     )
     for name in outputs[1:]:
-        same = [set(a.tolist()) == set(b.tolist()) for a, b in zip(ref[name], got[name])]
-        report.layer_agreement[name] = float(np.mean(same))
+        pairs = [(set(a.tolist()), set(b.tolist())) for a, b in zip(ref[name], got[name])]
+        report.layer_agreement[name] = float(np.mean([a == b for a, b in pairs]))
+        report.layer_overlap[name] = float(np.mean([len(a & b) / len(a) for a, b in pairs]))
     if precision != manifest["precision"]:
         report.notes.append(
             f"note: ONNX Runtime cannot run the {manifest['precision']} graph on this CPU; compared its fp32 twin"
