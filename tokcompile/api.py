@@ -158,6 +158,8 @@ def build(
                 "embed_dim": spec.embed_dim,
                 "num_heads": spec.num_heads,
                 "num_prefix_tokens": spec.num_prefix_tokens,
+                "patch_size": list(spec.patch_size),
+                "grid": list(spec.grid),
             },
             "weights": weights_record,
             "method": {"name": m.name, "params": method_params},

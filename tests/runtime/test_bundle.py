@@ -43,10 +43,13 @@ def test_bundle_matches_pytorch_reference(bundle, name):
         ref = gm(torch.from_numpy(x))
     assert np.abs(got["logits"] - ref[0].numpy()).max() <= 1e-4
     assert runner(x).shape == (4, spec.num_classes)
-    names = [n for n in got if n.startswith("kept_ids_")]
-    assert len(names) == 3
-    for name_, r in zip(names, ref[1:]):
-        np.testing.assert_array_equal(got[name_], r.numpy())
+    assert list(got) == runner.manifest["stages"][0]["outputs"]
+    assert list(got)[:2] == ["logits", "features"] and len(got) == 5
+    for name_, r in zip(got, ref):
+        if name_.startswith("kept_ids_"):
+            np.testing.assert_array_equal(got[name_], r.numpy())
+        else:
+            assert np.abs(got[name_] - r.numpy()).max() <= 1e-4
 
 
 def test_bf16_bundle_carries_fp32_twin_for_onnxruntime(bundle, caplog):

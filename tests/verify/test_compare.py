@@ -35,9 +35,11 @@ def test_compare_reports_a_selection_flip(bundle, monkeypatch):
     def flipped(*args, **kwargs):
         gm, spec, info = real(*args, **kwargs)
 
+        position = info["outputs"].index("kept_ids_3")
+
         def forward(x, _gm=gm):
             out = list(_gm(x))
-            out[2] = torch.flip(out[2], dims=[0])  # kept_ids_3 of image 0 ↔ image 1
+            out[position] = torch.flip(out[position], dims=[0])  # kept_ids_3 of image 0 ↔ image 1
             return tuple(out)
 
         return forward, spec, info

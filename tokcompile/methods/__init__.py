@@ -72,11 +72,12 @@ def apply_method(
     from ..passes.annotate_tokens import annotate_tokens
     from ..passes.cast_precision import cast_precision
     from ..passes.manager import PassContext, run_passes
+    from ..passes.output_features import output_features
 
     layers = tuple(getattr(config, "layers", ()))
     debug = debug or logging.getLogger("tokcompile").isEnabledFor(logging.DEBUG)
     ctx = PassContext(spec=spec, config=config, layers=layers, debug=debug)
     ctx.info["precision"] = precision
     pipeline = method.pipeline or (annotate_tokens,)
-    gm = run_passes(capture(model), (*pipeline, cast_precision), ctx).graph_module
+    gm = run_passes(capture(model), (*pipeline, output_features, cast_precision), ctx).graph_module
     return gm, ctx.info

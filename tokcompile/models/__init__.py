@@ -34,6 +34,8 @@ class ModelSpec:
     img_size: tuple[int, int]
     num_patches: int
     num_classes: int
+    patch_size: tuple[int, int]
+    grid: tuple[int, int]  # patch rows, columns
 
     @property
     def num_tokens(self) -> int:
@@ -64,6 +66,8 @@ def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
         img_size=tuple(pe.img_size),
         num_patches=pe.num_patches,
         num_classes=model.num_classes,
+        patch_size=tuple(pe.patch_size),
+        grid=tuple(pe.grid_size),
     )
 
 

@@ -2,7 +2,7 @@
 
 Rewrite, for ``ctx.info["precision"]`` in {fp16, bf16}::
 
-    images (float32) → .to(dtype) → ... → logits.float()
+    images (float32) → .to(dtype) → ... → logits.float(), features.float()
     layer_norm(x)    → layer_norm(x.float()).to(dtype)     (statistics in float32)
     conv(x)          → conv(x.float()).to(dtype)           (bf16 only: opset 18 has no bf16 Conv)
 
@@ -23,11 +23,13 @@ import torch.nn.functional as F
 
 from ..errors import TokcompileError
 from .manager import PassContext, PassResult
+from .output_kept_indices import OUTPUT_META
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DONE_KEY = "tokcompile.precision"
+FLOAT_OUTPUTS = ("logits", "features")  # cast back to float32 so the interface never changes
 
 
 def precision_dtype(precision: str) -> torch.dtype:
@@ -86,11 +88,13 @@ def cast_precision(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             node.replace_all_uses_with(down, delete_user_cb=lambda u, d=down: u is not d)
             islands += 1
         elif node.op == "output":
-            outputs = node.args[0]
-            first = outputs[0] if isinstance(outputs, tuple) else outputs
+            values = node.args[0] if isinstance(node.args[0], tuple) else (node.args[0],)
+            names = node.meta.get(OUTPUT_META, ["logits"])
             with graph.inserting_before(node):
-                logits = graph.call_method("float", (first,))
-            node.args = ((logits, *outputs[1:]) if isinstance(outputs, tuple) else logits,)
+                values = tuple(
+                    graph.call_method("float", (v,)) if name in FLOAT_OUTPUTS else v for v, name in zip(values, names)
+                )
+            node.args = (values if isinstance(node.args[0], tuple) else values[0],)
     gm.meta[DONE_KEY] = precision
     logger.info("cast_precision: %s with %d float32 islands", precision, islands)
     return PassResult(gm, True)

@@ -43,6 +43,7 @@ def dense_runner(bundle: Path, threads: Optional[int] = None):
     from ..api import rebuild
     from ..backends import onnxruntime as ort_backend
     from ..export.onnx import onnx_from_graph_module
+    from ..passes.output_kept_indices import output_names
     from .bundle import read_manifest
 
     manifest = read_manifest(bundle)
@@ -50,7 +51,7 @@ def dense_runner(bundle: Path, threads: Optional[int] = None):
     gm, spec, _ = rebuild(manifest, method="none", precision=stage["onnxruntime_precision"])
     tmp = Path(tempfile.mkdtemp(prefix="tokcompile-dense-"))
     path = tmp / "dense.onnx"
-    onnx_from_graph_module(gm, spec.input_shape, path, ["logits"])
+    onnx_from_graph_module(gm, spec.input_shape, path, output_names(gm))
     return ort_backend.load(path, threads)
 
 

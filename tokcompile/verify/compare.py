@@ -149,7 +149,7 @@ def compare(
         top1_agreement=float((ref["logits"].argmax(1) == got["logits"].argmax(1)).mean()),
         polygraphy_passed=bool(accuracy),
     )
-    for name in outputs[1:]:
+    for name in (n for n in outputs if n.startswith("kept_ids_")):
         pairs = [(set(a.tolist()), set(b.tolist())) for a, b in zip(ref[name], got[name])]
         report.layer_agreement[name] = float(np.mean([a == b for a, b in pairs]))
         report.layer_overlap[name] = float(np.mean([len(a & b) / len(a) for a, b in pairs]))
