@@ -65,7 +65,9 @@ def rebuild(
 
     record = manifest["weights"]
     weights = record["path"] if record["source"] == "file" else record["source"]
-    model, spec, got = create_model(manifest["model"]["timm_name"], weights=weights, seed=record.get("seed"))
+    model, spec, got = create_model(
+        manifest["model"]["timm_name"], weights=weights, seed=record.get("seed"), **manifest["model"].get("kwargs", {})
+    )
     if got["digest"] != record["digest"]:
         raise TokcompileError(
             f"the weights for this bundle ({weights}) no longer match the ones it was built with; rebuild the bundle"
@@ -86,9 +88,11 @@ def build(
     backend: Optional[str] = None,
     force: bool = False,
     seed: Optional[int] = None,
+    model_kwargs: Optional[dict[str, Any]] = None,
     **params: Any,
 ) -> BuildResult:
-    """Build a bundle. ``params`` are the method's (e.g. keep_rate=0.7, layers=(3, 6, 9), fuse=True).
+    """Build a bundle. ``params`` are the method's (e.g. keep_rate=0.7, layers=(3, 6, 9), fuse=True);
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``{"img_size": 224}``) and are recorded.
 
     Returns the bundle path and its manifest. Raises TokcompileError for user mistakes; on
     any failure nothing is left at ``output``.
@@ -111,11 +115,12 @@ def build(
     if backend not in BACKENDS:
         raise TokcompileError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
     m = get_method(method_name)
-    torch_model, spec, weights_record = create_model(model, weights=weights, seed=seed)
+    model_kwargs = dict(model_kwargs or {})
+    torch_model, spec, weights_record = create_model(model, weights=weights, seed=seed, **model_kwargs)
     config = resolve_config(m, spec, params)
     method_params = config.params() if config is not None else {}
     out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
-    fingerprint = _fingerprint(spec.name, weights_record, m.name, method_params, precision, backend)
+    fingerprint = _fingerprint(spec.name, weights_record, m.name, [method_params, model_kwargs], precision, backend)
     bundle_io.check_output(out, fingerprint, force)
     if "notice" in weights_record:
         logger.warning("%s", weights_record.pop("notice"))
@@ -152,6 +157,7 @@ def build(
             "model": {
                 "name": model,
                 "timm_name": spec.name,
+                "kwargs": model_kwargs,
                 "input_shape": list(spec.input_shape),
                 "num_classes": spec.num_classes,
                 "depth": spec.depth,

@@ -59,7 +59,7 @@ def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
         name=name,
         depth=len(model.blocks),
         embed_dim=model.embed_dim,
-        num_heads=model.blocks[0].attn.num_heads,
+        num_heads=next((m.num_heads for m in model.blocks[0].modules() if hasattr(m, "num_heads")), 0),
         num_prefix_tokens=model.num_prefix_tokens,
         has_class_token=model.cls_token is not None,
         global_pool=model.global_pool,
@@ -71,17 +71,28 @@ def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
     )
 
 
+def _timm_model(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> torch.nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        raise TokcompileError(
+            f"timm model '{timm_name}' does not accept model arguments {kwargs} ({exc}); check --model-arg/--img-size"
+        ) from None
+
+
 def create_model(
     name: str, weights: Optional[str] = None, seed: Optional[int] = None, **timm_kwargs: Any
 ) -> tuple[torch.nn.Module, ModelSpec, dict[str, Any]]:
     """Build a timm ViT in eval mode and load its weights.
 
     weights: ``auto`` (pretrained when timm's hub answers, else random with a warning),
-    ``pretrained``, ``random``, or a path to ``.safetensors``/``.pth``/``.pt``.
+    ``pretrained``, ``random``, or a path to ``.safetensors``/``.pth``/``.pt``. ``timm_kwargs``
+    go to ``timm.create_model`` (e.g. ``img_size=224`` for a DINOv2 model, ``qk_norm=True``).
     Returns (model, spec, weights record for the manifest). With ``auto`` falling back to random
     weights the record carries a ``notice`` for the caller to show once its inputs are validated.
     """
-    import timm
 
     timm_name = resolve_model_name(name)
     weights = weights if weights is not None else _defaults.WEIGHTS
@@ -104,7 +115,9 @@ def create_model(
                 "huggingface.co); use --weights random or --weights PATH"
             )
         try:
-            model = timm.create_model(timm_name, pretrained=True, **timm_kwargs)
+            model = _timm_model(timm_name, True, timm_kwargs)
+        except TokcompileError:
+            raise
         except Exception as exc:
             raise TokcompileError(
                 f"downloading pretrained weights for '{timm_name}' failed ({type(exc).__name__}); "
@@ -112,7 +125,7 @@ def create_model(
             ) from None
         record = {"source": "pretrained", "tag": model.pretrained_cfg.get("tag")}
     elif weights == "random":
-        model = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
+        model = _timm_model(timm_name, False, timm_kwargs)
         record = {"source": "random", "seed": seed}
     else:
         path = Path(os.path.expanduser(weights))
@@ -121,7 +134,7 @@ def create_model(
                 f"--weights must be auto, pretrained, random or a checkpoint path; '{weights}' is none of these"
             )
         state = read_checkpoint(path)
-        model = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
+        model = _timm_model(timm_name, False, timm_kwargs)
         load_state_dict_strict(model, state, str(path))
         record = {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
     model.eval()

@@ -45,7 +45,13 @@ def capture(model: torch.nn.Module) -> fx.GraphModule:
             # Passes read q and k at the scaled_dot_product_attention call (DESIGN.md §3).
             m.fused_attn = True
     tracer = _ViTTracer()
-    graph = tracer.trace(model, concrete_args={"attn_mask": None, "is_causal": False})
+    try:
+        graph = tracer.trace(model, concrete_args={"attn_mask": None, "is_causal": False})
+    except Exception as exc:
+        raise TokcompileError(
+            f"{type(model).__name__} cannot be captured with torch.fx ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120]}); only timm VisionTransformer-style models are supported"
+        ) from None
     # concrete_args leave placeholders with guard asserts behind; the graph takes images only.
     guards: set[fx.Node] = set()
     frontier = [n for n in graph.nodes if n.op == "placeholder"][1:]
@@ -111,21 +117,66 @@ def _first_add_user(start: fx.Node, order: dict[fx.Node, int]) -> fx.Node | None
     return best
 
 
+def _is_ancestor(a: fx.Node, b: fx.Node, order: dict[fx.Node, int]) -> bool:
+    """Whether ``b`` depends on ``a`` (or is ``a``)."""
+    stack, seen = [b], set()
+    while stack:
+        node = stack.pop()
+        if node is a:
+            return True
+        if node in seen or order[node] < order[a]:
+            continue
+        seen.add(node)
+        stack.extend(node.all_input_nodes)
+    return False
+
+
+def _residual_operand(add: fx.Node, order: dict[fx.Node, int]) -> fx.Node | None:
+    """For ``add(a, b)`` with ``b = f(a)`` (a residual connection), return ``a``."""
+    a, b = (x for x in add.args[:2])
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+        return None
+    if _is_ancestor(a, b, order):
+        return a
+    return b if _is_ancestor(b, a, order) else None
+
+
+def _sequential(sdpa: fx.Node, attn_res: fx.Node, mlp_res: fx.Node, order: dict[fx.Node, int]) -> bool:
+    """x + attn(x) whose sum feeds both the MLP and its residual: a pre/post-norm ViT block."""
+    skip1 = _residual_operand(attn_res, order)
+    skip2 = _residual_operand(mlp_res, order)
+    return (
+        skip1 is not None
+        and _is_ancestor(skip1, sdpa, order)
+        and skip2 is not None
+        and _is_ancestor(attn_res, skip2, order)
+    )
+
+
 def find_blocks(gm: fx.GraphModule) -> list[BlockNodes]:
-    """Transformer blocks in graph order. Raises TokcompileError when none are found."""
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    """Transformer blocks in graph order. Raises TokcompileError when none are found, or when a
+    block is not sequential (attention residual, then an MLP that reads it, then the MLP
+    residual), since token reduction between attention and MLP is undefined there."""
+    nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    sdpas = [n for n in nodes if n.op == "call_function" and n.target is SDPA]
     blocks: list[BlockNodes] = []
-    for node in gm.graph.nodes:
-        if not (node.op == "call_function" and node.target is SDPA):
-            continue
+    for i, node in enumerate(sdpas):
         attn_res = _first_add_user(node, order)
-        if attn_res is None:
-            continue
-        mlp_res = _first_add_user(attn_res, order)
-        if mlp_res is None:
-            continue
-        attn_path = _module_path(node)
-        block_path = attn_path.rsplit(".", 1)[0] if "." in attn_path else attn_path
+        mlp_res = _first_add_user(attn_res, order) if attn_res is not None else None
+        # The residual add lives in the block's own scope; the SDPA may sit in a submodule.
+        block_path = _module_path(attn_res) if attn_res is not None else _module_path(node)
+        next_sdpa = order[sdpas[i + 1]] if i + 1 < len(sdpas) else len(nodes)
+        if (
+            attn_res is None
+            or mlp_res is None
+            or order[mlp_res] > next_sdpa
+            or not _sequential(node, attn_res, mlp_res, order)
+        ):
+            raise TokcompileError(
+                f"block '{block_path}' is not a sequential attention → MLP block (e.g. parallel attention "
+                "and MLP); token reduction between them is undefined, so this model is not supported"
+            )
         blocks.append(BlockNodes(len(blocks), block_path, node, attn_res, mlp_res))
     if not blocks:
         raise TokcompileError(
