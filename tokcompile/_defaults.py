@@ -30,3 +30,10 @@ BENCH_WARMUP = 3
 ONNX_DOMAIN = "tokcompile"  # custom ONNX nodes and their functions
 PLUGIN_NAMESPACE = "tokcompile"
 PLUGIN_VERSION = "1"
+
+# staged (per-image token count) bundles
+PROFILE = "cpu-x86-2core"  # shipped, measured on the project's 2-core x86 machines
+MAX_BUCKETS = 4
+BUCKET_BATCH = 16  # batch size bucket selection optimises for
+CALIB_IMAGES = 64
+CALIB_GMACS_IMAGES = 4

@@ -53,6 +53,27 @@ def _fingerprint(model: str, weights: dict[str, Any], method: str, params: Any, 
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def _export_model(gm: Any, spec: Any, directory: Path, prefix: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Export ``gm`` as one file (``<prefix>.onnx``) or, when split, one file per stage.
+
+    Returns manifest stage entries and model output name → value name.
+    """
+    from .export.onnx import onnx_from_graph_module
+    from .export.stages import cut_stages, export_stages
+    from .passes._outputs import named_outputs
+
+    names = named_outputs(gm)
+    if not any("tokcompile.stage" in n.meta and n.meta["tokcompile.stage"] > 0 for n in gm.graph.nodes):
+        facts = onnx_from_graph_module(gm, spec.input_shape, directory / f"{prefix}.onnx", names)
+        entry = {"index": 0, "name": "main", "file": f"{prefix}.onnx", **facts, "values_in": facts["inputs"]}
+        return [entry], {n: n for n in names}
+    stages, final = cut_stages(gm)
+    entries = export_stages(gm, stages, spec.input_shape, directory, prefix)
+    for entry, stage in zip(entries, stages):
+        entry["values_in"] = stage.inputs
+    return entries, final
+
+
 def rebuild(
     manifest: dict[str, Any], method: Optional[str] = None, precision: Optional[str] = None
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -89,10 +110,17 @@ def build(
     force: bool = False,
     seed: Optional[int] = None,
     model_kwargs: Optional[dict[str, Any]] = None,
+    buckets: Optional[str | list[int]] = None,
+    max_buckets: Optional[int] = None,
+    calib: Optional[str | Path] = None,
+    profile: Optional[str] = None,
     **params: Any,
 ) -> BuildResult:
     """Build a bundle. ``params`` are the method's (e.g. keep_rate=0.7, layers=(3, 6, 9), fuse=True);
     ``model_kwargs`` go to ``timm.create_model`` (e.g. ``{"img_size": 224}``) and are recorded.
+    For methods with per-image token counts (staged bundles): ``buckets`` is ``"auto"`` (chosen
+    from ``profile``'s latency curve and the counts seen on ``calib`` images, at most
+    ``max_buckets`` per stage) or a list of token counts used for every stage.
 
     Returns the bundle path and its manifest. Raises TokcompileError for user mistakes; on
     any failure nothing is left at ``output``.
@@ -103,7 +131,6 @@ def build(
     from .models import create_model
     from .models.flops import count_gmacs
     from .passes.cast_precision import precision_dtype
-    from .passes.output_kept_indices import output_names
     from .runtime import bundle as bundle_io
     from .runtime.report import write_report
 
@@ -127,28 +154,36 @@ def build(
 
     gmacs_dense = count_gmacs(torch_model, spec.input_shape)
     gm, info = apply_method(torch_model, spec, m, config, precision)
-    names = output_names(gm)
+    staged = info.get("stages", 1) > 1
     with bundle_io.staging_dir(out) as tmp:
-        stage: dict[str, Any] = {"name": "main", "file": MODEL_FILE}
-        stage.update(onnx_from_graph_module(gm, spec.input_shape, tmp / MODEL_FILE, names))
-        files = [MODEL_FILE]
-        stage["onnxruntime_file"], stage["onnxruntime_precision"] = MODEL_FILE, precision
-        if precision != "fp32":
-            reason = ort_backend.cannot_execute(tmp / MODEL_FILE)
-            if reason is not None:
-                logger.warning(
-                    "ONNX Runtime cannot execute the %s graph on this CPU (%s); exporting an fp32 twin "
-                    "for checks (TensorRT and GPUs run %s itself)",
-                    precision,
-                    reason,
-                    MODEL_FILE,
-                )
-                twin, _ = apply_method(torch_model, spec, m, config, "fp32")
-                onnx_from_graph_module(twin, spec.input_shape, tmp / TWIN_FILE, names)
-                files.append(TWIN_FILE)
-                stage.update(onnxruntime_file=TWIN_FILE, onnxruntime_precision="fp32", onnxruntime_note=reason)
+        stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model")
+        files = [s["file"] for s in stages]
+        for s in stages:
+            s["onnxruntime_file"], s["onnxruntime_precision"] = s["file"], precision
+        reason = ort_backend.cannot_execute(tmp / stages[0]["file"]) if precision != "fp32" else None
+        if reason is not None:
+            logger.warning(
+                "ONNX Runtime cannot execute the %s graph on this CPU (%s); exporting an fp32 twin "
+                "for checks (TensorRT and GPUs run the %s files themselves)",
+                precision,
+                reason,
+                precision,
+            )
+            twin, _ = apply_method(torch_model, spec, m, config, "fp32")
+            twins, _ = _export_model(twin, spec, tmp, "stage_fp32_" if staged else "model.fp32")
+            for s, t in zip(stages, twins):
+                s.update(onnxruntime_file=t["file"], onnxruntime_precision="fp32", onnxruntime_note=reason)
+            files += [t["file"] for t in twins]
         reduced_fp32 = gm if precision == "fp32" else apply_method(torch_model, spec, m, config, "fp32")[0]
-        gmacs = count_gmacs(reduced_fp32, spec.input_shape) if m.pipeline else gmacs_dense
+        if staged:
+            from .runtime.calibrate import calibrate
+
+            calibration = calibrate(reduced_fp32, spec, stages, final, calib, buckets, max_buckets, profile)
+            gmacs = calibration.pop("gmacs")
+            tokens = calibration
+        else:
+            gmacs = count_gmacs(reduced_fp32, spec.input_shape) if m.pipeline else gmacs_dense
+            tokens = info["tokens"]
         manifest: dict[str, Any] = {
             "format": bundle_io.FORMAT,
             "format_version": bundle_io.FORMAT_VERSION,
@@ -171,13 +206,14 @@ def build(
             "method": {"name": m.name, "params": method_params},
             "precision": precision,
             "backend": backend,
-            "tokens": info["tokens"],
+            "tokens": tokens,
             "gmacs": {
                 "reduced": round(gmacs, 4),
                 "dense": round(gmacs_dense, 4),
                 "ideal_speedup": round(gmacs_dense / gmacs, 4),
             },
-            "stages": [stage],
+            "stages": stages,
+            "final_outputs": final,
             "versions": _versions(),
         }
         write_report(tmp / REPORT_FILE, manifest)

@@ -70,7 +70,7 @@ def test_compare_on_folder_without_images(bundle, tmp_path):
 
 
 def test_bench_times_reduced_and_dense(bundle):
-    rows = bench(bundle("test_vit"), batches=[1, 2], iters=2, warmup=1)
+    rows = bench(bundle("test_vit"), batches=[1, 2], iters=2, warmup=1).rows
     assert [(r.batch, r.name) for r in rows] == [(1, "reduced"), (1, "dense"), (2, "reduced"), (2, "dense")]
     assert all(r.images_per_s > 0 and r.p50_ms > 0 for r in rows)
     assert ratio(rows, 2) > 0

@@ -17,16 +17,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=None, help="timed runs per model and batch (default 20)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--images", default=None, help="folder of images to feed (default: random inputs)")
 
 
 def run(args: argparse.Namespace) -> bool:
     from ..runtime.bench import bench, ratio
 
     batches = int_list(args.batch, "--batch") if args.batch else None
-    rows = bench(args.bundle, batches=batches, iters=args.iters, warmup=args.warmup, threads=args.threads)
+    report = bench(
+        args.bundle, batches=batches, iters=args.iters, warmup=args.warmup, threads=args.threads, images=args.images
+    )
+    rows = report.rows
     print(f"{'batch':>5} {'model':>8} {'img/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
     for r in rows:
         print(f"{r.batch:>5} {r.name:>8} {r.images_per_s:>9.1f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f}")
     for batch in dict.fromkeys(r.batch for r in rows):
-        print(f"batch {batch}: reduced/dense throughput ratio {ratio(rows, batch):.3f}x")
+        line = f"batch {batch}: reduced/dense throughput ratio {ratio(rows, batch):.3f}x"
+        if any(r.name == "masked" for r in rows):
+            line += f", reduced/masked {ratio(rows, batch, 'masked'):.3f}x"
+        print(line)
+    for d in report.dispatch:
+        hist = " ".join(f"{n}:{c}" for n, c in d["histogram"].items())
+        hits = ", ".join(f"{b}×{c}" for b, c in d["bucket_hits"].items())
+        print(f"stage {d['stage']}: tokens {hist} | buckets {hits} | padding overhead {d['padding_overhead']:.1%}")
     return True

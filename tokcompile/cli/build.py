@@ -3,11 +3,15 @@
 Example:
   tokcompile build deit_s --method evit --precision fp16            # writes ./deit_s-evit-fp16/
   tokcompile build deit_t --method evit --keep-rate 0.5 --no-fuse --weights w.safetensors -o out/
+  tokcompile build deit_s --method tome --r 16:-1                    # ToMe, (r, inflection) schedule
+  tokcompile build deit_s --method ats --calib ../shared/imagenet-sample   # staged, auto buckets
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .common import model_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--weights", default=None, help="auto | pretrained | random | PATH (.safetensors/.pth/.pt); default auto"
     )
     p.add_argument("--seed", type=int, default=None, help="seed for --weights random (default 0)")
+    p.add_argument("--img-size", type=int, default=None, help="input resolution (timm img_size), e.g. 224 for DINOv2")
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument, repeatable (e.g. qk_norm=True)",
+    )
     p.add_argument("-o", "--output", default=None, help="bundle directory (default ./MODEL-METHOD-PRECISION)")
     p.add_argument("--backend", default=None, help="onnxruntime (default)")
     p.add_argument("--force", action="store_true", help="replace an existing, different bundle at --output")
@@ -33,12 +45,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     evit.add_argument(
         "--fuse", action=argparse.BooleanOptionalAction, default=None, help="fuse dropped tokens into one (default on)"
     )
+    ats = p.add_argument_group("ats (per-image token counts: staged, bucketed bundles)")
+    ats.add_argument("--max-tokens", default=None, help="budget K per ATS block, one value or a list (default: all tokens)")
+    staged = p.add_argument_group("staged bundles")
+    staged.add_argument("--buckets", default=None, help="auto (default) or token counts for every stage, e.g. 64,128")
+    staged.add_argument("--max-buckets", type=int, default=None, help="buckets per stage with --buckets auto (default 4)")
+    staged.add_argument("--calib", default=None, help="image folder for token-count calibration (default: random inputs)")
+    staged.add_argument("--profile", default=None, help="hardware profile name or YAML for --buckets auto (default cpu-x86-2core)")
+    tome = p.add_argument_group("tome")
+    tome.add_argument(
+        "--r",
+        default=None,
+        help="tokens merged per block: 13 (every block), 13,13,8 (per block) or 16:-1 (r:inflection schedule); "
+        "default 13. --layers also applies",
+    )
+    tome.add_argument(
+        "--prop-attn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="proportional attention, log(size) key bias (default on)",
+    )
 
 
 def run(args: argparse.Namespace) -> bool:
     from ..api import build
 
     layers = args.layers.split(",") if args.layers is not None else None
+    model_kwargs = model_args(args.model_arg or [])
+    if args.img_size is not None:
+        model_kwargs["img_size"] = args.img_size
     result = build(
         args.model,
         method=args.method,
@@ -48,15 +83,25 @@ def run(args: argparse.Namespace) -> bool:
         backend=args.backend,
         force=args.force,
         seed=args.seed,
+        model_kwargs=model_kwargs,
         keep_rate=args.keep_rate,
         layers=layers,
         fuse=args.fuse,
+        r=args.r,
+        prop_attn=args.prop_attn,
+        max_tokens=args.max_tokens,
+        buckets=args.buckets,
+        max_buckets=args.max_buckets,
+        calib=args.calib,
+        profile=args.profile,
     )
     m = result.manifest
     g = m["gmacs"]
     print(f"bundle: {result.bundle}")
     print(f"tokens: {' → '.join(map(str, m['tokens']['sequence']))}")
     print(f"GMACs: {g['reduced']:.3f} (dense {g['dense']:.3f}, ideal speed-up {g['ideal_speedup']:.3f}x)")
+    for b in m["tokens"].get("boundaries", []):
+        print(f"stage {b['stage']}: tokens mean {b['mean']} (min {b['min']}, max {b['max']}), buckets {b['buckets']}")
     if m["weights"]["source"] == "random":
         print("WARNING: built with RANDOM weights; pass --weights PATH for a meaningful model")
     return True

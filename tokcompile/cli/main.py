@@ -6,6 +6,10 @@ Commands:
   bench    bundle vs the dense model, throughput and latency
   inspect  per-layer tokens, GMACs, files of a bundle
   list     known models or methods
+  eval     bundle vs the dense model on an image folder: accuracy, agreement, throughput
+  sweep    build + evaluate one bundle per parameter value; CSV, table, Pareto plot
+  show     draw the patches each reduction layer kept or merged, on one image
+  profile  measure a hardware profile: latency of one block vs token count
 
 Every command ends with one line: PASSED or FAILED and the time it took. User mistakes print
 one line 'tokcompile: error: ...' and exit with code 1.
@@ -21,9 +25,20 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 from ..errors import TokcompileError
-from . import bench, build, compare, inspect, list_cmd
+from . import bench, build, compare, inspect, list_cmd, profile, show, sweep
+from . import eval as eval_cmd
 
-COMMANDS = {"build": build, "compare": compare, "bench": bench, "inspect": inspect, "list": list_cmd}
+COMMANDS = {
+    "build": build,
+    "compare": compare,
+    "bench": bench,
+    "inspect": inspect,
+    "list": list_cmd,
+    "eval": eval_cmd,
+    "sweep": sweep,
+    "show": show,
+    "profile": profile,
+}
 
 
 class Parser(argparse.ArgumentParser):

@@ -9,6 +9,7 @@ onnx-graphsurgeon and checked with ``onnx.checker`` (DESIGN.md §2).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import logging
 import warnings
 from collections.abc import Sequence
@@ -64,32 +65,47 @@ def _cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     return cleaned
 
 
+@dataclass(frozen=True)
+class GraphInput:
+    """One graph input for export: its name, an example value, and whether dim 1 is tokens."""
+
+    name: str
+    example: torch.Tensor
+    token_dim: bool = False
+
+
 def onnx_from_graph_module(
     gm: fx.GraphModule,
     input_shape: Sequence[int],
     path: Path,
     output_names: Sequence[str],
     opset: int | None = None,
+    inputs: Sequence[GraphInput] | None = None,
 ) -> dict:
-    """Export ``gm`` (input [B, *input_shape] float32, batch dynamic) to ``path``.
+    """Export ``gm`` to ``path``; the batch dimension of every input is dynamic.
 
-    Returns facts for the manifest: node types in the tokcompile domain, opset, output names.
+    By default the graph takes ``images`` [B, *input_shape] float32. A stage of a staged model
+    passes ``inputs`` instead; those marked ``token_dim`` get a dynamic token dimension too, so
+    one file serves every bucket. Returns facts for the manifest.
     """
     opset = opset or _defaults.ONNX_OPSET
     module = _export_form(gm).eval()
-    example = torch.zeros(2, *input_shape)
+    if inputs is None:
+        inputs = [GraphInput(INPUT_NAME, torch.zeros(2, *input_shape))]
     batch = torch.export.Dim("batch", min=1, max=4096)
+    tokens = torch.export.Dim("tokens", min=2, max=65536)
+    dynamic = tuple({0: batch, 1: tokens} if i.token_dim else {0: batch} for i in inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
                 module,
-                (example,),
+                tuple(i.example for i in inputs),
                 dynamo=True,
                 opset_version=opset,
-                input_names=[INPUT_NAME],
+                input_names=[i.name for i in inputs],
                 output_names=list(output_names),
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=dynamic,
                 optimize=True,
                 verbose=False,
             )
@@ -104,4 +120,11 @@ def onnx_from_graph_module(
         raise RuntimeError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
-    return {"opset": opset, "custom_nodes": custom, "outputs": list(output_names), "input": INPUT_NAME}
+    return {
+        "opset": opset,
+        "custom_nodes": custom,
+        "inputs": [i.name for i in inputs],
+        "token_inputs": [i.name for i in inputs if i.token_dim],
+        "outputs": list(output_names),
+        "input": inputs[0].name,
+    }

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TokcompileError
-from . import evit
+from . import ats, evit, tome
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,18 @@ METHODS: dict[str, Method] = {
         "EViT: keep top-k tokens by CLS attention, fuse the rest (ICLR'22)",
         evit.EvitConfig,
         evit.PIPELINE,
+    ),
+    "tome": Method(
+        "tome",
+        "ToMe: merge r similar tokens per block by bipartite matching, proportional attention (ICLR'23)",
+        tome.TomeConfig,
+        tome.PIPELINE,
+    ),
+    "ats": Method(
+        "ats",
+        "ATS: adaptive token sampling, a per-image token count; staged, bucketed execution (ECCV'22)",
+        ats.AtsConfig,
+        ats.PIPELINE,
     ),
 }
 
@@ -73,11 +85,12 @@ def apply_method(
     from ..passes.cast_precision import cast_precision
     from ..passes.manager import PassContext, run_passes
     from ..passes.output_features import output_features
+    from ..passes.split_stages import split_stages
 
     layers = tuple(getattr(config, "layers", ()))
     debug = debug or logging.getLogger("tokcompile").isEnabledFor(logging.DEBUG)
     ctx = PassContext(spec=spec, config=config, layers=layers, debug=debug)
     ctx.info["precision"] = precision
     pipeline = method.pipeline or (annotate_tokens,)
-    gm = run_passes(capture(model), (*pipeline, output_features, cast_precision), ctx).graph_module
+    gm = run_passes(capture(model), (*pipeline, output_features, cast_precision, split_stages), ctx).graph_module
     return gm, ctx.info

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -16,3 +18,13 @@ def count_gmacs(module: torch.nn.Module, input_shape: tuple[int, ...]) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(example)
     return counter.get_total_flops() / 2e9
+
+
+def count_gmacs_staged(runner: Any, images: Any) -> float:
+    """Mean GMACs per image of a staged model, each image run alone at its own token counts."""
+    totals = []
+    for i in range(len(images)):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            runner.run(images[i : i + 1], exact=True)
+        totals.append(counter.get_total_flops() / 2e9)
+    return sum(totals) / len(totals)

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import _defaults
+from . import ats_sample as _ats_sample
 from . import evit_select as _evit_select
+from . import tome_merge as _tome_merge
 
 
 @dataclass(frozen=True)
@@ -31,5 +33,7 @@ TOKEN_OPS: dict[object, TokenOp] = {
         TokenOp(
             _evit_select.evit_select, _evit_select.ONNX_NAME, _evit_select.onnx_symbolic, _evit_select.onnx_function
         ),
+        TokenOp(_tome_merge.tome_merge, _tome_merge.ONNX_NAME, _tome_merge.onnx_symbolic, _tome_merge.onnx_function),
+        TokenOp(_ats_sample.ats_sample, _ats_sample.ONNX_NAME, _ats_sample.onnx_symbolic, _ats_sample.onnx_function),
     )
 }

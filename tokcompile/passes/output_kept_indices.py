@@ -19,6 +19,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from ..ops.evit_select import evit_select
 from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
 from .manager import PassContext, PassResult
 
@@ -54,7 +55,7 @@ def output_kept_indices(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     output = next(n for n in gm.graph.nodes if n.op == "output")
     if OUTPUT_META in output.meta:
         return PassResult(gm, False)
-    ops = token_op_nodes(gm)
+    ops = [n for n in token_op_nodes(gm) if n.target is evit_select]  # other ops: their own output pass
     if not ops:
         return PassResult(gm, False)
     graph = gm.graph

@@ -11,7 +11,8 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -38,21 +39,36 @@ def _row(batch: int, name: str, seconds: list[float]) -> BenchRow:
     return BenchRow(batch, name, batch * len(seconds) / sum(seconds), *np.percentile(ms, [50, 90, 99]).tolist())
 
 
-def dense_runner(bundle: Path, threads: Optional[int] = None):
-    """Export the bundle's dense twin to a temporary file and return an ONNX Runtime runner."""
+def twin_runner(bundle: Path, method: Optional[str] = None, threads: Optional[int] = None):
+    """Export a twin of the bundle's model to a temporary file and return an ONNX Runtime runner.
+
+    method ``"none"``: the dense model (same weights, precision, export path). method None: the
+    bundle's own method as ONE graph at the full token count, padded positions masked: the masked
+    execution research code uses, the baseline a staged bundle must beat.
+    """
     from ..api import rebuild
     from ..backends import onnxruntime as ort_backend
     from ..export.onnx import onnx_from_graph_module
-    from ..passes.output_kept_indices import output_names
+    from ..passes._outputs import named_outputs
     from .bundle import read_manifest
 
     manifest = read_manifest(bundle)
     stage = manifest["stages"][0]
-    gm, spec, _ = rebuild(manifest, method="none", precision=stage["onnxruntime_precision"])
-    tmp = Path(tempfile.mkdtemp(prefix="tokcompile-dense-"))
-    path = tmp / "dense.onnx"
-    onnx_from_graph_module(gm, spec.input_shape, path, output_names(gm))
+    gm, spec, _ = rebuild(manifest, method=method, precision=stage["onnxruntime_precision"])
+    path = Path(tempfile.mkdtemp(prefix="tokcompile-twin-")) / "twin.onnx"
+    onnx_from_graph_module(gm, spec.input_shape, path, named_outputs(gm))
     return ort_backend.load(path, threads)
+
+
+def dense_runner(bundle: Path, threads: Optional[int] = None):
+    return twin_runner(bundle, "none", threads)
+
+
+@dataclass
+class BenchReport:
+    rows: list[BenchRow]
+    # staged bundles: per boundary stage, token-count histogram, bucket hits and padding overhead
+    dispatch: list[dict] = field(default_factory=list)
 
 
 def bench(
@@ -62,18 +78,30 @@ def bench(
     warmup: Optional[int] = None,
     threads: Optional[int] = None,
     seed: int = 0,
-) -> list[BenchRow]:
+    images: Optional[Path | str] = None,
+) -> BenchReport:
+    """Time the bundle against its dense twin (and, for staged bundles, its masked twin),
+    interleaved. ``images``: a folder whose photos feed the batches (default random inputs)."""
     bundle = Path(bundle)
     batches = tuple(batches or _defaults.BENCH_BATCHES)
     iters = iters or _defaults.BENCH_ITERS
     warmup = _defaults.BENCH_WARMUP if warmup is None else warmup
     reduced = load(bundle, threads)
-    dense = dense_runner(bundle, threads)
-    runs = {"reduced": lambda x: reduced.backend(x, ["logits"]), "dense": lambda x: dense(x, ["logits"])}
+    runs = {"reduced": reduced.run, "dense": dense_runner(bundle, threads)}
+    if reduced.staged:
+        runs["masked"] = twin_runner(bundle, None, threads)
+    pool = None
+    if images is not None:
+        from ..verify.images import image_batches
+
+        pool = np.concatenate(list(image_batches(images, reduced.manifest["model"]["timm_name"], 16, limit=max(batches))))
     rng = np.random.default_rng(seed)
     rows: list[BenchRow] = []
     for batch in batches:
-        x = rng.standard_normal((batch, *reduced.input_shape), dtype=np.float32)
+        if pool is not None:
+            x = pool[np.arange(batch) % len(pool)]
+        else:
+            x = rng.standard_normal((batch, *reduced.input_shape), dtype=np.float32)
         for _ in range(warmup):
             for fn in runs.values():
                 fn(x)
@@ -86,9 +114,19 @@ def bench(
                 times[name].append(time.perf_counter() - start)
         rows += [_row(batch, name, times[name]) for name in runs]
         logger.info("bench: batch %d done", batch)
-    return rows
+    stats = reduced.engine.stats
+    dispatch = [
+        {
+            "stage": stage,
+            "histogram": dict(sorted(Counter(stats.counts[stage]).items())),
+            "bucket_hits": dict(sorted(stats.buckets[stage].items())),
+            "padding_overhead": stats.padding_overhead(stage),
+        }
+        for stage in sorted(stats.counts)
+    ]
+    return BenchReport(rows, dispatch)
 
 
-def ratio(rows: list[BenchRow], batch: int) -> float:
+def ratio(rows: list[BenchRow], batch: int, baseline: str = "dense") -> float:
     by = {r.name: r for r in rows if r.batch == batch}
-    return by["reduced"].images_per_s / by["dense"].images_per_s
+    return by["reduced"].images_per_s / by[baseline].images_per_s

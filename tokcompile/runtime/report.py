@@ -7,6 +7,17 @@ from typing import Any
 
 
 def token_table(manifest: dict[str, Any]) -> list[str]:
+    if "boundaries" in manifest["tokens"]:  # staged: per-image counts, from calibration
+        cal = manifest["tokens"]["calibration"]
+        rows = [
+            f"Per-image token counts on {cal['images']} calibration images ({cal['source']}):",
+            "",
+            "| after stage | count output | mean | min | max | buckets |",
+            "|---|---|---|---|---|---|",
+        ]
+        for b in manifest["tokens"]["boundaries"]:
+            rows.append(f"| {b['stage']} | {b['output']} | {b['mean']} | {b['min']} | {b['max']} | {b['buckets']} |")
+        return rows
     rows = ["| block | attention tokens | MLP tokens |", "|---|---|---|"]
     for b in manifest["tokens"]["blocks"]:
         mark = " ←" if b["mlp"] != b["attention"] else ""
@@ -28,7 +39,8 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
         f"- method: `{method['name']}` ({params})",
         f"- tokens: {' → '.join(map(str, manifest['tokens']['sequence']))}",
         f"- GMACs: {g['reduced']:.3f} reduced vs {g['dense']:.3f} dense; ideal speed-up {g['ideal_speedup']:.3f}×",
-        f"- backend: {manifest['backend']}; ONNX Runtime runs `{stage['onnxruntime_file']}` ({stage['onnxruntime_precision']})",
+        f"- backend: {manifest['backend']}; {len(manifest['stages'])} stage file(s); ONNX Runtime runs "
+        f"`{stage['onnxruntime_file']}`... ({stage['onnxruntime_precision']})",
         "",
         "## Tokens per block",
         "",

@@ -5,7 +5,9 @@ the CPU; Polygraphy's own PytRunner needs CUDA) and an ``OnnxrtRunner`` over the
 bundle's ONNX Runtime backend executes, driven by ``Comparator.run`` and checked on the logits
 with ``Comparator.compare_accuracy``. Beyond that this module reports top-1 agreement and, per
 reduction layer, whether both sides kept the same tokens: a precision change that flips a
-selection shows up as a flip, not as a vague tolerance failure.
+selection shows up as a flip, not as a vague tolerance failure. Merging methods (ToMe) report
+``merge_map_<block>`` outputs as partitions of the original tokens: a layer agrees on an image
+when both sides grouped the original tokens identically, whatever labels the groups carry.
 """
 
 from __future__ import annotations
@@ -22,9 +24,37 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 
 from .. import _defaults
+from ..passes._outputs import named_outputs
 from ..runtime.bundle import read_manifest
 
 logger = logging.getLogger(__name__)
+
+
+class StagedBundleRunner(BaseRunner):
+    """Polygraphy runner over a staged bundle (stage files + bucket dispatch, ONNX Runtime)."""
+
+    def __init__(self, directory: Path, input_name: str, input_shape: tuple[int, ...]) -> None:
+        super().__init__(name="onnxruntime-staged", prefix="onnxruntime-staged")
+        self.directory, self.input_name, self.input_shape = directory, input_name, input_shape
+
+    def activate_impl(self):
+        from ..runtime.runner import load
+
+        self.runner = load(self.directory)
+
+    def get_input_metadata_impl(self):
+        from polygraphy.common import TensorMetadata
+
+        return TensorMetadata().add(self.input_name, np.float32, shape=(-1, *self.input_shape))
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        outputs = self.runner.run(feed_dict[self.input_name])
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(outputs)
+
+    def deactivate_impl(self):
+        del self.runner
 
 
 class TorchRunner(BaseRunner):
@@ -69,7 +99,8 @@ class CompareReport:
     polygraphy_passed: bool
     # per reduction layer: fraction of images whose kept token sets are identical
     layer_agreement: dict[str, float] = field(default_factory=dict)
-    # per reduction layer: mean over images of |kept_ref ∩ kept_bundle| / |kept_ref|
+    # per reduction layer: mean over images of |kept_ref ∩ kept_bundle| / |kept_ref|; for a merge
+    # map, the share of original tokens whose group has the same members on both sides
     layer_overlap: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -84,8 +115,25 @@ class CompareReport:
         ]
         for name, rate in self.layer_agreement.items():
             flips = "" if rate == 1.0 else f" (mean overlap {self.layer_overlap[name]:.2%})  ← selection flips"
-            out.append(f"{name}: identical kept-token sets for {rate:.1%} of images{flips}")
+            what = "token groupings" if name.startswith(MERGE_MAP_PREFIX) else "kept-token sets"
+            out.append(f"{name}: identical {what} for {rate:.1%} of images{flips}")
         return out + self.notes
+
+
+MERGE_MAP_PREFIX = "merge_map_"  # passes/output_merge_maps.py names them so (torch-free import here)
+
+
+def _canonical_groups(labels: np.ndarray) -> np.ndarray:
+    """Group labels renumbered 0, 1, ... by first occurrence: equal iff the partitions are equal."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    renumber = np.empty_like(first)
+    renumber[np.argsort(first)] = np.arange(first.size)
+    return renumber[inverse.reshape(-1)]
+
+
+def _same_group_share(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of tokens whose group (set of co-members) is the same under labelings a and b."""
+    return float(((a[:, None] == a[None, :]) == (b[:, None] == b[None, :])).all(axis=1).mean())
 
 
 def _random_batches(shape: tuple[int, ...], batch: int, count: int, seed: int) -> Iterator[np.ndarray]:
@@ -122,13 +170,15 @@ def compare(
         data = list(image_batches(images, manifest["model"]["timm_name"], batch, limit=(samples or 0) * batch or None))
     else:
         data = list(_random_batches(shape, batch, samples or _defaults.COMPARE_SAMPLES, seed))
-    feeds = [OrderedDict([(stage["input"], x)]) for x in data]
-    outputs = stage["outputs"]
-    onnx_path = directory / stage["onnxruntime_file"]
-    runners = [
-        TorchRunner(gm, stage["input"], shape, outputs),
-        OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxruntime"),
-    ]
+    input_name = stage["inputs"][0]
+    feeds = [OrderedDict([(input_name, x)]) for x in data]
+    outputs = named_outputs(gm)
+    if len(manifest["stages"]) == 1:
+        onnx_path = directory / stage["onnxruntime_file"]
+        bundle_runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxruntime")
+    else:
+        bundle_runner = StagedBundleRunner(directory, input_name, shape)
+    runners = [TorchRunner(gm, input_name, shape, outputs), bundle_runner]
     results = Comparator.run(runners, data_loader=feeds)
     # SimpleCompareFunc replaces CompareFunc.simple in newer Polygraphy; older ones have only the latter.
     simple = getattr(polygraphy_compare, "SimpleCompareFunc", None) or CompareFunc.simple
@@ -137,8 +187,10 @@ def compare(
     )
     accuracy = Comparator.compare_accuracy(results, compare_func=only_logits)
     ref_iters, got_iters = list(results.values())
-    ref = {n: np.concatenate([it[n] for it in ref_iters]) for n in outputs}
-    got = {n: np.concatenate([it[n] for it in got_iters]) for n in outputs}
+    # per image, since token-dimension outputs of a staged bundle are as wide as each batch's bucket
+    ref = {n: [row for it in ref_iters for row in it[n]] for n in outputs}
+    got = {n: [row for it in got_iters for row in it[n]] for n in outputs}
+    ref["logits"], got["logits"] = np.stack(ref["logits"]), np.stack(got["logits"])
     diff = np.abs(ref["logits"].astype(np.float64) - got["logits"].astype(np.float64))
     report = CompareReport(
         precision=precision,
@@ -149,10 +201,15 @@ def compare(
         top1_agreement=float((ref["logits"].argmax(1) == got["logits"].argmax(1)).mean()),
         polygraphy_passed=bool(accuracy),
     )
-    for name in (n for n in outputs if n.startswith("kept_ids_")):
-        pairs = [(set(a.tolist()), set(b.tolist())) for a, b in zip(ref[name], got[name])]
+    for name in (n for n in outputs if n.startswith(("kept_ids_", "count_"))):
+        # -1 marks padding (and EViT's fused token): only real tokens are compared
+        pairs = [(set(np.atleast_1d(a).tolist()) - {-1}, set(np.atleast_1d(b).tolist()) - {-1}) for a, b in zip(ref[name], got[name])]
         report.layer_agreement[name] = float(np.mean([a == b for a, b in pairs]))
-        report.layer_overlap[name] = float(np.mean([len(a & b) / len(a) for a, b in pairs]))
+        report.layer_overlap[name] = float(np.mean([len(a & b) / max(1, len(a)) for a, b in pairs]))
+    for name in (n for n in outputs if n.startswith(MERGE_MAP_PREFIX)):
+        groups = [(_canonical_groups(a), _canonical_groups(b)) for a, b in zip(ref[name], got[name])]
+        report.layer_agreement[name] = float(np.mean([np.array_equal(a, b) for a, b in groups]))
+        report.layer_overlap[name] = float(np.mean([_same_group_share(a, b) for a, b in groups]))
     if precision != manifest["precision"]:
         report.notes.append(
             f"note: ONNX Runtime cannot run the {manifest['precision']} graph on this CPU; compared its fp32 twin"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,17 +29,40 @@ def list_images(directory: Path | str) -> list[Path]:
     return files
 
 
-def image_batches(directory: Path | str, timm_name: str, batch: int, limit: int | None = None) -> Iterator[np.ndarray]:
-    """Yield [b, 3, H, W] float32 batches; unreadable files are skipped with a warning."""
+@dataclass
+class ImageStats:
+    """What one pass over image files saw; filled in as the batches are consumed."""
+
+    files: int = 0
+    decoded: int = 0
+    skipped: list[Path] = field(default_factory=list)  # files that failed to decode, in order
+
+
+def eval_transform(timm_name: str) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+    """timm's eval transform for ``timm_name`` and the data config it was made from (mean, std, size)."""
     import timm
     import timm.data
-    from PIL import Image
 
-    files = list_images(directory)[:limit]
     model_cfg = timm.models.get_pretrained_cfg(timm_name)
     config = timm.data.resolve_data_config(model_cfg.to_dict() if model_cfg is not None else {})
-    transform = timm.data.create_transform(**config)
+    return timm.data.create_transform(**config), config
+
+
+def load_batches(
+    files: Sequence[Path], timm_name: str, batch: int, stats: Optional[ImageStats] = None, source: str = "--images"
+) -> Iterator[tuple[np.ndarray, list[Path]]]:
+    """Yield ([b, 3, H, W] float32, the b files) per batch; unreadable files are skipped with a warning.
+
+    ``stats`` (optional) counts files, decoded images and skipped files as the batches are consumed.
+    Raises TokcompileError after the last file when none of ``files`` could be decoded.
+    """
+    from PIL import Image
+
+    transform, _ = eval_transform(timm_name)
+    stats = stats if stats is not None else ImageStats()
+    stats.files += len(files)
     pending: list[np.ndarray] = []
+    paths: list[Path] = []
     readable = 0
     for path in files:
         try:
@@ -45,12 +70,24 @@ def image_batches(directory: Path | str, timm_name: str, batch: int, limit: int 
                 pending.append(transform(img.convert("RGB")).numpy())
         except Exception as exc:
             logger.warning("skipping %s: cannot decode (%s)", path, type(exc).__name__)
+            stats.skipped.append(path)
             continue
         readable += 1
+        stats.decoded += 1
+        paths.append(path)
         if len(pending) == batch:
-            yield np.stack(pending)
-            pending = []
+            yield np.stack(pending), paths
+            pending, paths = [], []
     if pending:
-        yield np.stack(pending)
+        yield np.stack(pending), paths
     if readable == 0:
-        raise TokcompileError(f"--images '{directory}': none of the {len(files)} files could be decoded")
+        raise TokcompileError(f"{source}: none of the {len(files)} files could be decoded")
+
+
+def image_batches(
+    directory: Path | str, timm_name: str, batch: int, limit: int | None = None, stats: Optional[ImageStats] = None
+) -> Iterator[np.ndarray]:
+    """Yield [b, 3, H, W] float32 batches; unreadable files are skipped with a warning."""
+    files = list_images(directory)[:limit]
+    for images, _ in load_batches(files, timm_name, batch, stats, source=f"--images '{directory}'"):
+        yield images

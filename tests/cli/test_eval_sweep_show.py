@@ -1,0 +1,134 @@
+"""CLI eval, sweep and show end to end on test_vit, and their bad inputs as one line + exit 1."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tokcompile.cli.main import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code: int, err: str, pattern: str) -> None:
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tokcompile: error: ") and "Traceback" not in err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Four labelled PNGs (both layouts) and one file that does not decode."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(["n01440764_a.png", "n01440764_b.png", "n01443537/c.png", "n01484850/d.png"]):
+        path = folder / name
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (170 + i, 190, 3), dtype=np.uint8)).save(path)
+    (folder / "n01440764_broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+def test_eval(capsys, bundle, images):
+    code, out, err = run(capsys, "eval", str(bundle("test_vit")), "--images", str(images), "--batch", "2", "-q")
+    assert code == 0, err
+    assert "evaluated 4 images (skipped 1 unreadable file), batch 2, fp32 on both models" in out
+    assert "on 4 labelled images" in out and "top-1 agreement with dense:" in out
+    assert re.search(r"features cosine similarity: mean -?[01]\.\d{4}", out)
+    assert re.search(r"throughput: bundle [\d.]+ img/s, dense [\d.]+ img/s", out)
+    assert "n01440764_broken.jpg" in err  # the warning names the file
+    assert out.strip().splitlines()[-1].startswith("PASSED")
+
+
+def test_sweep_two_points(capsys, checkpoint, images, tmp_path):
+    out_dir = tmp_path / "sw"
+    argv = ["sweep", "test_vit", "--keep-rate", "0.5,0.7", "--weights", str(checkpoint("test_vit"))]
+    code, out, err = run(
+        capsys, *argv, "--images", str(images), "--limit", "3", "--batch", "2", "-o", str(out_dir), "-q"
+    )
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("PASSED")
+    assert re.search(r"^\s+0.5\s+101→52→28→16\s", out, re.M) and re.search(r"^\s+dense\s+101\s", out, re.M)
+    assert sorted(p.name for p in (out_dir / "points").iterdir()) == ["keep_rate-0.5", "keep_rate-0.7"]
+    with (out_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["point"], r["value"]) for r in rows] == [("dense", ""), ("1", "0.5"), ("2", "0.7")]
+    for row in rows[1:]:
+        assert 0.0 <= float(row["agreement"]) <= 1.0 and -1.0 <= float(row["cosine_mean"]) <= 1.0
+        assert float(row["images_per_s"]) > 0 and row["top1"] != ""
+        assert (row["images"], row["skipped"]) == ("2", "1")  # --limit 3 picks a, broken, d (spread evenly)
+    assert any(r["pareto"] == "True" for r in rows)
+    md = (out_dir / "results.md").read_text()
+    assert md.count("\n| ") == 4 and "| 0.7 | 101→72→52→38 |" in md  # header + dense + 2 points
+    png = out_dir / "pareto.png"
+    with Image.open(png) as img:
+        img.verify()
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] >= 600 and img.size[1] >= 400
+    assert png.stat().st_size > 10_000
+
+
+def test_show(capsys, bundle, images, tmp_path):
+    out = tmp_path / "show.png"
+    code, stdout, err = run(
+        capsys, "show", str(bundle("test_vit")), str(images / "n01443537" / "c.png"), "-o", str(out)
+    )
+    assert code == 0, err
+    assert f"wrote {out}: 4 panels" in stdout and "block 4: 34/100 patches kept" in stdout
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["sweep", "test_vit", "--keep-rate", "0.9:0.5:0.1"], r"--keep-rate range '0.9:0.5:0.1' is empty"),
+        (["sweep", "test_vit", "--keep-rate", "0.5:0.9:0"], r"--keep-rate range step must be > 0"),
+        (["sweep", "test_vit", "--keep-rate", "0.5,1.5"], r"--keep-rate values must be in \(0, 1\], got 1.5"),
+        (["sweep", "test_vit", "--keep-rate", "0,0.5"], r"--keep-rate values must be in \(0, 1\], got 0"),
+        (["sweep", "test_vit", "--r", "16:4:4"], r"--r range '16:4:4' is empty"),
+        (["sweep", "test_vit", "--r", "4"], r"method 'evit' has no parameter r"),
+        (["sweep", "test_vit", "--method", "none", "--keep-rate", "0.5"], r"reduces no tokens"),
+        (["sweep", "deit_xs", "--keep-rate", "0.5"], r"unknown model 'deit_xs'"),
+        (["sweep", "test_vit", "--keep-rate", "0.5", "--precision", "fp8"], r"--precision must be one of"),
+        (["sweep", "test_vit", "--keep-rate", "0.5", "--images", "nowhere"], r"'nowhere' is not a directory"),
+        (["sweep", "test_vit", "--keep-rate", "0.5", "--batch", "0"], r"--batch must be a positive integer"),
+        (["sweep", "test_vit"], r"one of the arguments --keep-rate --r is required"),
+        (["sweep", "test_vit", "--keep-rate", "0.5", "--r", "4"], r"not allowed with argument"),
+        (["eval", "nobundle", "--images", "."], r"is not a tokcompile bundle"),
+        (["eval", "nobundle"], r"--images"),
+        (["show", "nobundle", "x.png"], r"is not a tokcompile bundle"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, monkeypatch, argv, pattern):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert_user_error(code, err, pattern)
+    assert list(tmp_path.iterdir()) == []  # nothing was built or written
+
+
+def test_eval_and_show_on_bad_files(capsys, bundle, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    code, _, err = run(capsys, "eval", str(bundle("test_vit")), "--images", str(tmp_path), "-q")
+    assert f"skipping {tmp_path / 'broken.jpg'}: cannot decode" in err
+    err = "\n".join(line for line in err.splitlines() if not line.startswith("skipping "))
+    assert_user_error(code, err, r"none of the 1 files could be decoded")
+    code, _, err = run(
+        capsys, "show", str(bundle("test_vit")), str(tmp_path / "broken.jpg"), "-o", str(tmp_path / "o.png")
+    )
+    assert_user_error(code, err, r"cannot decode image")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "eval", str(bundle("test_vit")), "--images", str(empty))
+    assert_user_error(code, err, r"holds no images")

@@ -1,0 +1,130 @@
+"""eval: labels from file locations, top-1 scoring, skipped files, the bundle vs its dense twin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tokcompile import TokcompileError
+from tokcompile.verify.evaluate import evaluate, score_batches, select_files
+from tokcompile.verify.images import ImageStats, load_batches
+from tokcompile.verify.labels import UNLABELLED, imagenet_wnids, label_of, labels_of, top1_accuracy, wnid_of
+
+TENCH, GOLDFISH = "n01440764", "n01443537"  # ImageNet-1k classes 0 and 1
+
+
+def write_png(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (200, 180, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Both labelled layouts, an unlabelled image and a file that does not decode."""
+    write_png(tmp_path / f"{TENCH}_x.png", 0)
+    write_png(tmp_path / GOLDFISH / "x.png", 1)
+    write_png(tmp_path / "holiday.png", 2)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def dense(bundle):
+    from tokcompile.runtime.bench import dense_runner
+
+    return dense_runner(bundle("test_vit"))
+
+
+def test_wnid_list_is_imagenet_1k_sorted():
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 and list(wnids) == sorted(wnids)
+    assert wnids[0] == TENCH and wnids[1] == GOLDFISH and wnids[-1] == "n15075141"
+
+
+def test_labels_from_both_folder_layouts(folder):
+    assert wnid_of(folder / f"{TENCH}_x.png") == TENCH
+    assert wnid_of(folder / GOLDFISH / "x.png") == GOLDFISH
+    assert label_of(folder / f"{TENCH}_x.png") == 0
+    assert label_of(folder / GOLDFISH / "x.png") == 1
+    assert label_of(folder / "holiday.png") == UNLABELLED
+    assert label_of(folder / "n99999999_x.png") == UNLABELLED  # a WordNet id outside ImageNet-1k
+    assert label_of(folder / "n014407640_x.png") == UNLABELLED  # nine digits: not a WordNet id
+    assert label_of(Path(GOLDFISH) / f"{TENCH}_1.JPEG") == 1  # the folder wins (ImageNet train layout)
+    assert label_of("ILSVRC2012_val_00000001.JPEG") == UNLABELLED
+    assert labels_of([folder / f"{TENCH}_x.png", folder / "holiday.png"]).tolist() == [0, -1]
+
+
+def test_top1_accuracy_on_known_logits():
+    logits = np.array(
+        [
+            [0.1, 0.2, 0.9, 0.0, 0.0],  # → 2, label 2: right
+            [0.5, 0.1, 0.0, 0.0, 0.3],  # → 0, label 0: right
+            [0.0, 0.0, 0.0, 1.0, 0.0],  # → 3, unlabelled: ignored
+            [0.0, 0.7, 0.0, 0.0, 0.2],  # → 1, label 4: wrong
+        ]
+    )
+    assert top1_accuracy(logits, np.array([2, 0, -1, 4])) == pytest.approx(2 / 3)
+    assert top1_accuracy(logits, np.array([-1, -1, -1, -1])) is None
+
+
+def test_select_files_spreads_evenly():
+    files = [Path(f"{i:03d}.png") for i in range(10)]
+    assert select_files(files, None) == files and select_files(files, 20) == files
+    assert [p.stem for p in select_files(files, 3)] == ["000", "004", "009"]
+    assert len(select_files(files, 9)) == 9
+
+
+def test_load_batches_skips_and_counts_undecodable(folder):
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    stats = ImageStats()
+    batches = list(load_batches(files, "test_vit", 2, stats))
+    assert [x.shape for x, _ in batches] == [(2, 3, 160, 160), (1, 3, 160, 160)]
+    assert sum(len(paths) for _, paths in batches) == 3
+    assert stats.files == 4 and stats.decoded == 3 and [p.name for p in stats.skipped] == ["broken.jpg"]
+
+
+def test_folder_without_readable_images_is_one_line_error(bundle, dense, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(TokcompileError, match=r"none of the 1 files could be decoded"):
+        evaluate(bundle("test_vit"), images=tmp_path, dense=dense)
+    (tmp_path / "broken.jpg").unlink()
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(TokcompileError, match=r"holds no images"):
+        evaluate(bundle("test_vit"), images=tmp_path, dense=dense)
+
+
+def test_evaluate_tiny_folder(bundle, dense, folder, caplog):
+    with caplog.at_level("WARNING", logger="tokcompile"):
+        result = evaluate(bundle("test_vit"), images=folder, batch=2, dense=dense)
+    assert "broken.jpg" in caplog.text
+    assert (result.images, result.skipped, result.labelled) == (3, 1, 2)
+    assert 0.0 <= result.agreement <= 1.0 and -1.0 <= result.cosine_min <= result.cosine_mean <= 1.0
+    assert result.top1 is not None and 0.0 <= result.top1 <= 1.0 and result.dense_top1 is not None
+    assert result.images_per_s > 0 and result.dense_images_per_s > 0 and result.speedup > 0
+    assert result.method == "evit" and result.precision == "fp32" and not result.random_inputs
+    text = "\n".join(result.lines())
+    assert "skipped 1 unreadable file" in text and "on 2 labelled images" in text
+    assert "1 images carry no ImageNet-1k label" in text
+
+
+def test_evaluate_random_inputs(bundle, dense, caplog):
+    with caplog.at_level("WARNING", logger="tokcompile"):
+        result = evaluate(bundle("test_vit"), batch=3, limit=5, dense=dense)
+    assert "random inputs" in caplog.text
+    assert result.random_inputs and result.images == 5 and result.top1 is None and result.skipped == 0
+    assert any("unrepresentative" in line for line in result.lines())
+
+
+def test_dense_against_itself_agrees(dense, folder):
+    files = sorted(p for p in folder.rglob("*.png"))
+    scores = score_batches(dense, dense, load_batches(files, "test_vit", 2))
+    cosines = np.concatenate(scores.cosines)
+    assert scores.images == 3 and scores.agree == 3 and scores.labelled == 2
+    assert scores.correct == scores.dense_correct
+    assert np.allclose(cosines, 1.0, atol=1e-6)
+    assert scores.seconds > 0 and scores.dense_seconds > 0

@@ -1,0 +1,75 @@
+"""Measure a hardware profile (latency of one ViT block vs token count) on this machine.
+
+Writes a profile YAML that `--buckets auto` uses to choose token-count buckets.
+
+Example:
+  tokcompile profile --target cpu-2core -o tokcompile/profiles/cpu-2core.yaml
+  tokcompile profile --target mycpu --widths 192,384 --batch 1,16 --tokens 8:256:8
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import int_list
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="profile name to write (e.g. cpu-2core)")
+    p.add_argument("-o", "--output", default=None, help="YAML path (default ./<target>.yaml)")
+    p.add_argument("--widths", default="192,384,768", help="model widths, heads = width/64 (default 192,384,768)")
+    p.add_argument("--batch", default="1,16", help="batch sizes (default 1,16)")
+    p.add_argument("--tokens", default="8:256:8", help="token counts START:STOP:STEP or a list (default 8:256:8)")
+    p.add_argument("--iters", type=int, default=5, help="timed runs per point (median; default 5)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+
+
+def token_grid(text: str) -> list[int]:
+    from ..errors import TokcompileError
+
+    if ":" in text:
+        try:
+            start, stop, step = (int(v) for v in text.split(":"))
+        except ValueError:
+            raise TokcompileError(f"--tokens must be START:STOP:STEP integers or a list, got '{text}'") from None
+        if step < 1 or start < 2 or stop < start:
+            raise TokcompileError(f"--tokens range '{text}' is empty or starts below 2 tokens")
+        return list(range(start, stop + 1, step))
+    values = int_list(text, "--tokens")
+    if len(values) < 2 or any(b <= a for a, b in zip(values, values[1:])):
+        raise TokcompileError(f"--tokens must list at least two increasing counts, got '{text}'")
+    return values
+
+
+def run(args: argparse.Namespace) -> bool:
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import onnxruntime
+
+    from .. import __version__
+    from ..profiles import Profile, save_profile
+    from ..profiles.measure import cpu_target, measure_curve
+
+    widths, batches, tokens = int_list(args.widths, "--widths"), int_list(args.batch, "--batch"), token_grid(args.tokens)
+    curves = [
+        measure_curve(w, max(1, w // 64), b, tokens, args.iters, args.threads) for w in widths for b in batches
+    ]
+    profile = Profile(
+        name=args.target,
+        measured=True,
+        backend="onnxruntime",
+        target=cpu_target(),
+        alignment=1,
+        curves=curves,
+        measured_with={
+            "tokcompile": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "date": datetime.now(timezone.utc).date().isoformat(),
+            "threads": args.threads or "all",
+        },
+    )
+    out = Path(args.output or f"{args.target}.yaml")
+    save_profile(profile, out)
+    print(f"profile: {out} ({len(curves)} curves, {len(tokens)} token counts each)")
+    return True

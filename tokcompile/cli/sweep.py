@@ -1,0 +1,75 @@
+"""Sweep a method parameter: build, evaluate and plot one bundle per value.
+
+Each value is checked before anything is built; each point is built into OUT/points/, evaluated
+against the dense model (as 'tokcompile eval' does) and summed up in OUT/results.csv,
+OUT/results.md and OUT/pareto.png (throughput vs top-1 accuracy, or vs agreement with the dense
+model when the images carry no labels). Without --images the points run on random inputs
+(agreement and cosine only, unrepresentative).
+
+Values: start:stop:step (stop included) or a comma list; for --r, ';' separates values that
+hold commas or colons themselves (ToMe per-block lists or schedules: --r "16:-1;8:-1").
+
+Example:
+  tokcompile sweep deit_s --method evit --keep-rate 0.5:0.9:0.1 --images ../shared/imagenet-sample
+  tokcompile sweep deit_s --method tome --r 4:16:4 --images ../shared/imagenet-sample --limit 100
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .eval import add_progress_argument, progress_of
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="alias (deit_t, deit_s, ...) or a timm ViT name")
+    p.add_argument("--method", default=None, help="token-reduction method (default evit)")
+    values = p.add_mutually_exclusive_group(required=True)
+    values.add_argument("--keep-rate", default=None, help="EViT keep rates: 0.5:0.9:0.1 or 0.5,0.7 (in (0, 1])")
+    values.add_argument("--r", default=None, help="ToMe merges per block: 4:16:4 or 4,8")
+    p.add_argument("--images", default=None, help="folder of images (default: random inputs, with a warning)")
+    p.add_argument("-o", "--out", default=None, help="output directory (default ./sweep-MODEL-METHOD)")
+    p.add_argument("--weights", default=None, help="auto | pretrained | random | PATH, for every point (default auto)")
+    p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 (default fp32)")
+    p.add_argument("--batch", type=int, default=None, help="images per batch (default 16)")
+    p.add_argument("--limit", type=int, default=None, help="at most N images per point (random inputs: N images)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--force", action="store_true", help="replace different bundles already at OUT/points/")
+    add_progress_argument(p)
+
+
+def run(args: argparse.Namespace) -> bool:
+    from ..verify.sweep import parse_values, sweep
+
+    if args.keep_rate is not None:
+        param, values = "keep_rate", parse_values(args.keep_rate, "--keep-rate", "rate")
+    else:
+        param, values = "r", parse_values(args.r, "--r", "int")
+    result = sweep(
+        args.model,
+        param,
+        values,
+        method=args.method,
+        images=args.images,
+        output=args.out,
+        weights=args.weights,
+        precision=args.precision,
+        batch=args.batch,
+        limit=args.limit,
+        force=args.force,
+        progress=progress_of(args),
+        threads=args.threads,
+    )
+    metric = "top-1" if result.metric == "top1" else "agreement"
+    print(f"{param:>10} {'tokens':>18} {metric:>9} {'cosine':>7} {'img/s':>8} {'speed-up':>8}  Pareto")
+    for row in result.rows():
+        name = "dense" if row["point"] == "dense" else str(row["value"])
+        y = result.y(row)
+        cosine = "-" if row["cosine_mean"] is None else f"{row['cosine_mean']:.4f}"
+        print(
+            f"{name:>10} {row['tokens']:>18} {y:>9.2%} {cosine:>7} {row['images_per_s']:>8.1f} "
+            f"{row['speedup']:>7.2f}x  {'*' if row['pareto'] else ''}"
+        )
+    for path in result.files:
+        print(f"wrote {path}")
+    return True

@@ -1,0 +1,114 @@
+"""Cut a graph into stages (after ``split_stages`` assigned each node one) and export each.
+
+A stage is a GraphModule of its own whose placeholders are the values it reads from earlier
+stages (named after them) and whose outputs are the values later stages or the model's outputs
+need. Parameters are copied into every stage that reads them, never passed between stages.
+Tensors marked ``meta["tokcompile.token_dim"]`` keep a dynamic token dimension in the stage's
+ONNX, so one file serves every bucket; the runtime slices them to the bucket between stages.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from ..passes._outputs import named_outputs, output_node
+from ..passes.insert_ats_sample import BOUNDARY_KEY, TOKEN_DIM_KEY
+from ..passes.split_stages import STAGE_KEY
+from .onnx import INPUT_NAME, GraphInput, onnx_from_graph_module
+
+
+@dataclass
+class Stage:
+    index: int
+    module: fx.GraphModule
+    inputs: list[str]
+    outputs: list[str]
+    token_values: list[str]  # inputs/outputs whose dim 1 is the token dimension
+    count: str | None = None  # output holding the per-image token count that ends this stage
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def cut_stages(gm: fx.GraphModule) -> tuple[list[Stage], dict[str, str]]:
+    """Stages in order, and model output name → the value (stage output) that holds it."""
+    nodes = [n for n in gm.graph.nodes if n.op != "output"]
+    count = 1 + max((n.meta.get(STAGE_KEY, 0) for n in nodes), default=0)
+    out = output_node(gm)
+    final_values = list(out.args[0]) if isinstance(out.args[0], (tuple, list)) else [out.args[0]]
+    final = dict(zip(named_outputs(gm), (v.name for v in final_values)))
+    needed_later: dict[fx.Node, int] = {}  # value → last stage that reads it (count = model output)
+    for n in nodes:
+        for inp in n.all_input_nodes:
+            if inp.op != "get_attr":
+                needed_later[inp] = max(needed_later.get(inp, 0), n.meta.get(STAGE_KEY, 0))
+    for v in final_values:
+        needed_later[v] = count
+    stages = []
+    for k in range(count):
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        inputs: list[str] = []
+
+        def read(node: fx.Node, graph=graph, env=env, inputs=inputs) -> fx.Node:
+            if node not in env:
+                if node.op == "get_attr":
+                    env[node] = graph.get_attr(node.target)
+                else:  # a value from an earlier stage (or the model input)
+                    env[node] = graph.placeholder(node.name)
+                    env[node].meta.update(node.meta)
+                    inputs.append(node.name)
+            return env[node]
+
+        own = [n for n in nodes if n.meta.get(STAGE_KEY, 0) == k and n.op not in ("get_attr",)]
+        if k == 0:
+            own = [n for n in own if n.op != "placeholder"]
+            for p in (n for n in nodes if n.op == "placeholder"):
+                read(p)
+        for n in own:
+            env[n] = graph.node_copy(n, read)
+        produced = [n for n in own if needed_later.get(n, -1) > k]
+        graph.output(tuple(env[n] for n in produced))
+        module = fx.GraphModule(gm, graph, class_name=f"Stage{k}")
+        token_values = [n.name for n in (*produced, *(p for p in nodes if p.name in inputs)) if n.meta.get(TOKEN_DIM_KEY)]
+        counts = [n for n in produced if n.meta.get(BOUNDARY_KEY) is not None and n.target is operator.getitem and n.args[1] == 1]
+        stages.append(
+            Stage(k, module, inputs, [n.name for n in produced], sorted(set(token_values)), counts[0].name if counts and k < count - 1 else None)
+        )
+    return stages, final
+
+
+@torch.no_grad()
+def stage_examples(gm: fx.GraphModule, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every intermediate value of ``gm`` on ``images``, by node name (example inputs for export)."""
+    env: dict[str, Any] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            value = super().run_node(n)
+            env[n.name] = value
+            return value
+
+    Recorder(gm).run(images)
+    return env
+
+
+def export_stages(
+    gm: fx.GraphModule, stages: list[Stage], input_shape: tuple[int, ...], directory: Path, prefix: str = "stage"
+) -> list[dict[str, Any]]:
+    """Export every stage to ``directory/<prefix><k>.onnx``; returns manifest entries."""
+    examples = stage_examples(gm, torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)))
+    entries = []
+    for stage in stages:
+        inputs = [
+            GraphInput(INPUT_NAME if name == "x" and stage.index == 0 else name, examples[name], name in stage.token_values)
+            for name in stage.inputs
+        ]
+        file = f"{prefix}{stage.index}.onnx"
+        facts = onnx_from_graph_module(stage.module, input_shape, directory / file, stage.outputs, inputs=inputs)
+        entries.append({"index": stage.index, "file": file, **facts, "token_values": stage.token_values, "count": stage.count})
+    return entries

@@ -1,0 +1,134 @@
+"""insert_ats_sample: ATS sampling after the attention residual, padded tokens masked after it.
+
+Rewrite, for each block l in ``ctx.layers`` (methods-reference.md §3.2; the official code picks
+rows of A before A@V, which equals picking rows of ``x + proj(A@V)`` since proj is row-wise)::
+
+    x = x + attn(norm1(x))              x = x + attn(norm1(x), mask)
+                                        row = ats_cls_attention(q, k, mask, valid)   # eps-softmax CLS row
+                                →       rows, count = ats_sample(row, v, valid, M_l)
+                                        x = x[rows];  valid = arange(n) < count
+    x = x + mlp(norm2(x))               x = x + mlp(norm2(x))
+
+After the first sampling layer, every attention gets ``mask`` = 0 / -inf on padded keys (fused
+SDPA with an additive mask), so a padded position never changes a real token: the token count
+becomes per-image, the tensor shape stays n (the stage split and the runtime bucket it). The
+graph outputs ``count_<l>`` [B] and ``kept_ids_<l>`` [B, n] (original token ids, -1 = padding).
+The sampling nodes carry ``meta["tokcompile.boundary"]`` (``split_stages`` cuts after them) and
+the compacted tensors ``meta["tokcompile.token_dim"]`` (the runtime slices them to a bucket).
+Marks inserted ops with ``meta["tokcompile.token_op"]``; a block that has one is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from ..models.tracing import find_blocks
+from ..ops.ats_sample import ats_sample
+from ._outputs import append_outputs
+from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
+from .manager import PassContext, PassResult
+
+logger = logging.getLogger(__name__)
+
+TOKEN_DIM_KEY = "tokcompile.token_dim"  # tensors whose dim 1 is the (padded) token dimension
+BOUNDARY_KEY = "tokcompile.boundary"  # nodes that end a stage: a data-dependent token count is known
+SOFTMAX_EPS = 1e-6  # the official softmax_with_policy's eps (§3.2)
+
+
+@torch.fx.wrap
+def all_valid(x: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, C] → [B, N] all True."""
+    return torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+
+
+@torch.fx.wrap
+def key_padding_bias(valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """valid: [B, n] → additive attention mask [B, 1, 1, n]: 0 for real keys, -inf for padding."""
+    bias = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill(~valid, float("-inf"))
+    return bias[:, None, None, :].to(like.dtype)
+
+
+@torch.fx.wrap
+def ats_cls_attention(
+    q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, scale: Optional[float] = None
+) -> torch.Tensor:
+    """CLS row of the official eps-softmax over the image's real keys: [B, H, n] float32.
+
+    (exp(a - max) + eps/N) / (Σ exp + eps), N = the image's own token count (§3.2); padded keys 0.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.matmul(q[:, :, :1].float(), k.float().transpose(-2, -1)).squeeze(2) * scale  # [B, H, n]
+    keys = valid[:, None, :]
+    logits = logits.masked_fill(~keys, float("-inf"))
+    e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
+    count = valid.sum(dim=-1, keepdim=True).unsqueeze(1).float()  # [B, 1, 1]
+    return torch.where(keys, (e + SOFTMAX_EPS / count) / (e.sum(-1, keepdim=True) + SOFTMAX_EPS), 0.0)
+
+
+@torch.fx.wrap
+def gather_tokens(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x: [B, n, C], rows: [B, n] → x[b, rows[b]]."""
+    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+@torch.fx.wrap
+def valid_prefix(rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool: position < count (sampled tokens are compacted to the front)."""
+    return torch.arange(rows.shape[1], device=rows.device)[None, :] < count[:, None]
+
+
+@torch.fx.wrap
+def sampled_ids(ids: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Original token ids after sampling: ids[rows], -1 on padding."""
+    return torch.where(valid, ids.gather(1, rows), -1)
+
+
+@torch.fx.wrap
+def initial_ids(x: torch.Tensor) -> torch.Tensor:
+    return torch.arange(x.shape[1], device=x.device).expand(x.shape[0], x.shape[1])
+
+
+def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    cfg = ctx.config
+    if token_op_nodes(gm) or not ctx.layers:
+        return PassResult(gm, False)
+    graph = gm.graph
+    budgets = dict(zip(cfg.layers, cfg.max_tokens))
+    valid: Optional[fx.Node] = None
+    ids: Optional[fx.Node] = None
+    outputs: list[tuple[str, fx.Node]] = []
+    for block in find_blocks(gm):
+        if valid is not None:  # mask padded keys of every attention after the first sampling
+            with graph.inserting_before(block.sdpa):
+                bias = graph.call_function(key_padding_bias, (valid, block.q))
+            block.sdpa.kwargs = {**block.sdpa.kwargs, "attn_mask": bias}
+        if block.index not in budgets:
+            continue
+        x = block.attn_residual
+        with graph.inserting_before(x.next):  # keeps the inserted nodes in program order
+            if valid is None:
+                valid = graph.call_function(all_valid, (x,))
+                ids = graph.call_function(initial_ids, (x,))
+            row = graph.call_function(ats_cls_attention, (block.q, block.k, valid, block.sdpa.kwargs.get("scale")))
+            op = graph.call_function(ats_sample, (row, block.sdpa.args[2], valid, budgets[block.index] - 1))
+            rows = graph.call_function(operator.getitem, (op, 0))
+            count = graph.call_function(operator.getitem, (op, 1))
+            tokens = graph.call_function(gather_tokens, (x, rows))
+            valid = graph.call_function(valid_prefix, (rows, count))
+            ids = graph.call_function(sampled_ids, (ids, rows, valid))
+        x.replace_all_uses_with(tokens, delete_user_cb=lambda u, t=tokens: u is not t and u.target not in (all_valid, initial_ids))
+        op.meta[TOKEN_OP_KEY] = block.index
+        for node in (tokens, valid, ids):
+            node.meta[TOKEN_DIM_KEY] = 1
+        for node in (op, rows, count, tokens, valid, ids):
+            node.meta[BOUNDARY_KEY] = block.index
+        outputs += [(f"count_{block.index}", count), (f"kept_ids_{block.index}", ids)]
+    names = append_outputs(gm, outputs)
+    ctx.info["outputs"] = names
+    logger.info("insert_ats_sample: %d ops (blocks %s, budgets %s)", len(budgets), list(budgets), list(budgets.values()))
+    return PassResult(gm, True)

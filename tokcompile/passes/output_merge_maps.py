@@ -1,0 +1,62 @@
+"""output_merge_maps: expose, per ToMe layer, where every original token went.
+
+Rewrite::
+
+    return (logits, *rest)      →      return (logits, *rest, merge_map_<block>, ...)
+
+``merge_map_<block>`` is [B, N0] int64: for each token of the original sequence (0 = first
+prefix token, then patches, N0 tokens in all) its position in that layer's output, i.e. the
+merged token it now belongs to. Layer maps compose the merges' ``dest`` outputs::
+
+    map_first = dest_first;  map_l = dest_l.gather(1, map_{l-1})
+
+Two runs agree on a layer exactly when the maps induce the same grouping of original tokens
+(``compare`` canonicalises the group labels); positions alone may differ only if the order did.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+
+import torch
+import torch.fx as fx
+
+from .insert_evit_select import TOKEN_OP_KEY
+from .insert_tome_merge import merge_output, tome_merge_nodes
+from .manager import PassContext, PassResult
+from .output_kept_indices import OUTPUT_META
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "merge_map_"
+
+
+@torch.fx.wrap
+def compose_merge_map(previous: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
+    """previous: [B, N0] positions in this layer's input; dest: [B, N] → positions in its output [B, N0]."""
+    return dest.gather(1, previous)
+
+
+def output_merge_maps(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    names = list(output.meta.get(OUTPUT_META, ["logits"]))
+    merges = tome_merge_nodes(gm)
+    if not merges or any(name.startswith(PREFIX) for name in names):
+        return PassResult(gm, False)
+    graph = gm.graph
+    values = list(output.args[0]) if isinstance(output.args[0], tuple) else [output.args[0]]
+    current = None
+    with graph.inserting_before(output):
+        for merge in merges:
+            dest = merge_output(merge, 2)
+            if dest is None:
+                dest = graph.call_function(operator.getitem, (merge, 2))
+            current = dest if current is None else graph.call_function(compose_merge_map, (current, dest))
+            values.append(current)
+            names.append(f"{PREFIX}{merge.meta[TOKEN_OP_KEY]}")
+    output.args = (tuple(values),)
+    output.meta[OUTPUT_META] = names
+    ctx.info["outputs"] = names
+    logger.info("output_merge_maps: %s", ", ".join(n for n in names if n.startswith(PREFIX)))
+    return PassResult(gm, True)

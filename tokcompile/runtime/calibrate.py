@@ -1,0 +1,115 @@
+"""Calibration of a staged bundle: observed token counts, buckets per stage, expected GMACs.
+
+Counts come from the eager float32 model on calibration images (``--calib DIR``) or, with a
+warning, random inputs. ``--buckets auto`` then picks, per stage boundary, at most
+``--max-buckets`` counts with ``runtime.buckets.choose_buckets`` on the target profile's latency
+curve; an explicit list is used for every boundary. GMACs are counted per image at its own
+token counts (staged eager run, no padding) and averaged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .. import _defaults
+from ..errors import TokcompileError
+from .buckets import choose_buckets, expected_latency, validate_buckets
+from .staged import StagedRunner, torch_stage_calls
+
+logger = logging.getLogger(__name__)
+
+
+def _calibration_images(spec: Any, calib: Optional[str | Path], limit: int) -> tuple[np.ndarray, str]:
+    if calib is None:
+        logger.warning(
+            "WARNING: no --calib images; token counts (and auto buckets) come from RANDOM inputs, which "
+            "are unrepresentative of real images. Pass --calib DIR with a few dozen real images."
+        )
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((min(limit, 16), *spec.input_shape), dtype=np.float32), "random"
+    from ..verify.images import image_batches
+
+    batches = list(image_batches(calib, spec.name, batch=16, limit=limit))
+    return np.concatenate(batches), str(calib)
+
+
+def parse_buckets(value: Optional[str | list[int]]) -> Optional[list[int]]:
+    """'auto'/None → None (choose); '64,128' or [64, 128] → list."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, str):
+        try:
+            return [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise TokcompileError(f"--buckets must be 'auto' or comma-separated integers, got '{value}'") from None
+    return list(value)
+
+
+def calibrate(
+    gm: Any,
+    spec: Any,
+    stages: list[dict[str, Any]],
+    final: dict[str, str],
+    calib: Optional[str | Path],
+    buckets: Optional[str | list[int]],
+    max_buckets: Optional[int],
+    profile_name: Optional[str],
+) -> dict[str, Any]:
+    """Fill ``stages[i]["buckets"]``; return the manifest's token summary (with ``gmacs``)."""
+    from ..export.stages import cut_stages
+    from ..models.flops import count_gmacs_staged
+    from ..passes._outputs import named_outputs
+    from ..profiles import load_profile
+
+    explicit = parse_buckets(buckets)
+    if explicit is not None:
+        explicit = list(validate_buckets(explicit, spec.num_tokens))
+    max_buckets = max_buckets if max_buckets is not None else _defaults.MAX_BUCKETS
+    images, source = _calibration_images(spec, calib, _defaults.CALIB_IMAGES)
+    with torch.no_grad():
+        outputs = dict(zip(named_outputs(gm), gm(torch.from_numpy(images))))
+    value_of = {v: k for k, v in final.items()}
+    profile = load_profile(profile_name or _defaults.PROFILE) if explicit is None else None
+    latency = profile.latency(spec.embed_dim, _defaults.BUCKET_BATCH) if profile is not None else None
+    boundaries = []
+    for stage in stages:
+        if not stage.get("count"):
+            continue
+        name = value_of[stage["count"]]
+        counts = outputs[name].numpy().astype(int)
+        if explicit is not None:
+            chosen = explicit
+        else:
+            chosen = list(choose_buckets(counts, spec.num_tokens, latency, max_buckets, _defaults.BUCKET_BATCH).buckets)
+        stage["buckets"] = chosen
+        boundary = {
+            "stage": stage["index"],
+            "output": name,
+            "mean": round(float(counts.mean()), 2),
+            "min": int(counts.min()),
+            "max": int(counts.max()),
+            "buckets": chosen,
+        }
+        if latency is not None:
+            boundary["expected_ms_per_block"] = round(expected_latency(chosen, counts, latency, _defaults.BUCKET_BATCH), 4)
+        boundaries.append(boundary)
+    cut, cut_final = cut_stages(gm)
+    entries = [
+        {"inputs": s.inputs, "values_in": s.inputs, "outputs": s.outputs, "token_values": s.token_values, "count": s.count}
+        for s in cut
+    ]
+    runner = StagedRunner(entries, torch_stage_calls([s.module for s in cut]), cut_final)
+    gmacs = count_gmacs_staged(runner, images[: _defaults.CALIB_GMACS_IMAGES])
+    sequence = [spec.num_tokens] + [b["mean"] for b in boundaries]
+    logger.info("calibrate: %d images (%s); mean tokens %s", len(images), source, " → ".join(map(str, sequence)))
+    return {
+        "calibration": {"source": source, "images": int(len(images)), "profile": profile.name if profile else None},
+        "boundaries": boundaries,
+        "sequence": sequence,
+        "gmacs": gmacs,
+    }

@@ -1,0 +1,106 @@
+"""Stage-by-stage execution with bucket dispatch (DESIGN.md §1.8).
+
+After a stage that ends in a data-dependent token count, the runner reads the per-image counts,
+picks the smallest bucket ≥ the batch maximum, and cuts (or pads) every token-dimension tensor
+to that bucket before the next stage. Padding is masked inside the stages, so a bucketed batch
+gives each image the result it gets alone. A count above every bucket runs at its own size: no
+token is ever dropped by dispatch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .buckets import pick_bucket
+
+
+def fit_tokens(value: np.ndarray, n: int) -> np.ndarray:
+    """Cut or pad dim 1 to ``n``: padding is False (masks), -1 (ids) or 0 (tokens)."""
+    have = value.shape[1]
+    if have >= n:
+        return np.ascontiguousarray(value[:, :n])
+    fill = False if value.dtype == np.bool_ else -1 if np.issubdtype(value.dtype, np.integer) else 0
+    pad = np.full((value.shape[0], n - have, *value.shape[2:]), fill, dtype=value.dtype)
+    return np.concatenate([value, pad], axis=1)
+
+
+@dataclass
+class DispatchStats:
+    """Per boundary: observed per-image counts, buckets used per batch, padded token slots."""
+
+    counts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    buckets: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    slots: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # Σ bucket × batch
+    used: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # Σ counts
+
+    def padding_overhead(self, stage: int) -> float:
+        return 1.0 - self.used[stage] / self.slots[stage] if self.slots[stage] else 0.0
+
+
+StageCall = Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def ort_stage_calls(directory: Path, stages: list[dict[str, Any]], file_key: str, threads: Optional[int] = None) -> list[StageCall]:
+    """One ONNX Runtime session per stage file: ``call(output_names, feed) → outputs``."""
+    from ..backends.onnxruntime import load
+
+    return [load(directory / s[file_key], threads).session.run for s in stages]
+
+
+class StagedRunner:
+    """Runs stages in order with bucket dispatch between them.
+
+    stages: manifest entries (``inputs`` ONNX names, ``values_in`` value names, ``outputs``,
+    ``token_values``, ``count``, ``buckets``); calls: one callable per stage (a backend session,
+    or eager torch modules for reference and FLOP counting); final: model output → value name.
+    """
+
+    def __init__(self, stages: list[dict[str, Any]], calls: list[StageCall], final: dict[str, str]) -> None:
+        self.stages = stages
+        self.final = final
+        self.calls = calls
+        self.stats = DispatchStats()
+
+    def run(self, images: np.ndarray, exact: bool = False) -> dict[str, np.ndarray]:
+        """All model outputs for ``images``. ``exact``: no buckets, every boundary cuts to the
+        batch's largest count (a batch of one then runs each stage at its own count)."""
+        values: dict[str, np.ndarray] = {}
+        for i, (stage, call) in enumerate(zip(self.stages, self.calls)):
+            feed = {
+                name: images if i == 0 and j == 0 else values[value]
+                for j, (name, value) in enumerate(zip(stage["inputs"], stage["values_in"]))
+            }
+            values.update(zip(stage["outputs"], call(stage["outputs"], feed)))
+            if stage.get("count"):
+                counts = values[stage["count"]]
+                stage_buckets = [] if exact else stage.get("buckets") or []
+                bucket = pick_bucket(int(counts.max()), stage_buckets)
+                for name in stage["token_values"]:
+                    if name in values and name in stage["outputs"]:
+                        values[name] = fit_tokens(values[name], bucket)
+                self.stats.counts[i] += counts.tolist()
+                self.stats.buckets[i][bucket] += 1
+                self.stats.slots[i] += bucket * len(counts)
+                self.stats.used[i] += int(counts.sum())
+        return {name: values[value] for name, value in self.final.items()}
+
+
+def torch_stage_calls(modules: list[Any]) -> list[StageCall]:
+    """Eager stage GraphModules as stage callables (inputs in placeholder order)."""
+    import torch
+
+    def make(module: Any) -> StageCall:
+        def call(outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            with torch.no_grad():
+                result = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feed.values()))
+            result = result if isinstance(result, (tuple, list)) else (result,)
+            return [r.detach().numpy() if not r.is_floating_point() else r.detach().float().numpy() for r in result]
+
+        return call
+
+    return [make(m) for m in modules]
