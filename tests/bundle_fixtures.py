@@ -33,15 +33,15 @@ def checkpoint(models, tmp_path_factory) -> Callable[[str], Path]:
 
 @pytest.fixture(scope="session")
 def bundle(checkpoint, tmp_path_factory) -> Callable[..., Path]:
-    """``bundle("test_vit", precision="fp32", **params)`` → path of a built bundle (cached)."""
+    """``bundle("test_vit", precision="fp32", method="evit", **params)`` → path of a built bundle (cached)."""
     cache: dict[tuple, Path] = {}
 
-    def make(name: str, precision: str = "fp32", **params) -> Path:
-        key = (name, precision, tuple(sorted(params.items())))
+    def make(name: str, precision: str = "fp32", method: str = "evit", **params) -> Path:
+        key = (name, precision, method, tuple(sorted(params.items())))
         if key not in cache:
-            out = tmp_path_factory.mktemp("bundle") / f"{name}-{precision}"
+            out = tmp_path_factory.mktemp("bundle") / f"{name}-{method}-{precision}"
             tokcompile.build(
-                name, method="evit", precision=precision, weights=str(checkpoint(name)), output=out, **params
+                name, method=method, precision=precision, weights=str(checkpoint(name)), output=out, **params
             )
             cache[key] = out
         return cache[key]

@@ -126,7 +126,6 @@ def build(
     any failure nothing is left at ``output``.
     """
     from .backends import onnxruntime as ort_backend
-    from .export.onnx import onnx_from_graph_module
     from .methods import apply_method, get_method, resolve_config
     from .models import create_model
     from .models.flops import count_gmacs

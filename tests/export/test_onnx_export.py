@@ -18,8 +18,8 @@ import torch.fx as fx
 
 from tokcompile.export.onnx import INPUT_NAME, onnx_from_graph_module
 from tokcompile.models import ModelSpec
+from tokcompile.passes._outputs import named_outputs as output_names
 from tokcompile.passes.manager import PassContext
-from tokcompile.passes.output_kept_indices import output_names
 
 LOGITS_ATOL = 1e-4  # fp32, ORT CPU vs the GraphModule
 

@@ -23,8 +23,8 @@ import tokcompile
 from tokcompile.export.onnx import INPUT_NAME, onnx_from_graph_module
 from tokcompile.methods import tome as tome_method
 from tokcompile.models.tracing import capture
+from tokcompile.passes._outputs import named_outputs as output_names
 from tokcompile.passes.manager import PassContext, run_passes
-from tokcompile.passes.output_kept_indices import output_names
 from tokcompile.verify.compare import compare
 
 LOGITS_ATOL = 1e-4  # fp32, ORT CPU vs the GraphModule

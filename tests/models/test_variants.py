@@ -18,7 +18,7 @@ from tokcompile import TokcompileError
 from tokcompile.export.onnx import onnx_from_graph_module
 from tokcompile.methods import apply_method, get_method, resolve_config
 from tokcompile.models import create_model
-from tokcompile.passes.output_kept_indices import output_names
+from tokcompile.passes._outputs import named_outputs as output_names
 
 DEPTH = 4
 VARIANTS = {

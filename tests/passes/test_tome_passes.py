@@ -24,12 +24,13 @@ from tokcompile.methods import tome as tome_method
 from tokcompile.models.tracing import capture, find_blocks
 from tokcompile.ops.evit_select import evit_select
 from tokcompile.ops.tome_merge import tome_merge
+from tokcompile.passes._outputs import named_outputs as output_names
 from tokcompile.passes.add_proportional_attention import add_proportional_attention, size_attention_bias
 from tokcompile.passes.annotate_tokens import annotate_tokens
 from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
 from tokcompile.passes.insert_tome_merge import insert_tome_merge, token_sizes, tome_metric
 from tokcompile.passes.manager import PassContext, PassResult, run_passes
-from tokcompile.passes.output_kept_indices import output_kept_indices, output_names
+from tokcompile.passes.output_kept_indices import output_kept_indices
 from tokcompile.passes.output_merge_maps import output_merge_maps
 
 LOGITS_ATOL = 1e-4  # fp32, fused SDPA with a float mask in the graph vs explicit softmax here

@@ -87,8 +87,24 @@ def test_profile_command_measures_a_curve(tmp_path, capsys):
     from tokcompile.cli.main import main
 
     out = tmp_path / "mine.yaml"
-    code = main(["profile", "--target", "mine", "-o", str(out), "--widths", "64", "--batch", "1",
-                 "--tokens", "8,16,32", "--iters", "1", "-q"])
+    code = main(
+        [
+            "profile",
+            "--target",
+            "mine",
+            "-o",
+            str(out),
+            "--widths",
+            "64",
+            "--batch",
+            "1",
+            "--tokens",
+            "8,16,32",
+            "--iters",
+            "1",
+            "-q",
+        ]
+    )
     assert code == 0
     data = yaml.safe_load(out.read_text())
     assert data["measured"] is True and data["target"]["kind"] == "cpu"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tokcompile import TokcompileError
-from tokcompile.verify.evaluate import evaluate, score_batches, select_files
+from tokcompile.verify.evaluate import evaluate, evaluate_bundles, score_batches, select_files
 from tokcompile.verify.images import ImageStats, load_batches
 from tokcompile.verify.labels import UNLABELLED, imagenet_wnids, label_of, labels_of, top1_accuracy, wnid_of
 
@@ -109,7 +109,7 @@ def test_evaluate_tiny_folder(bundle, dense, folder, caplog):
     assert result.method == "evit" and result.precision == "fp32" and not result.random_inputs
     text = "\n".join(result.lines())
     assert "skipped 1 unreadable file" in text and "on 2 labelled images" in text
-    assert "1 images carry no ImageNet-1k label" in text
+    assert "1 images carry no ImageNet-1k label" in text and "unreadable files skipped: broken.jpg" in text
 
 
 def test_evaluate_random_inputs(bundle, dense, caplog):
@@ -118,13 +118,21 @@ def test_evaluate_random_inputs(bundle, dense, caplog):
     assert "random inputs" in caplog.text
     assert result.random_inputs and result.images == 5 and result.top1 is None and result.skipped == 0
     assert any("unrepresentative" in line for line in result.lines())
+    assert not any("label" in line for line in result.lines())
 
 
 def test_dense_against_itself_agrees(dense, folder):
     files = sorted(p for p in folder.rglob("*.png"))
-    scores = score_batches(dense, dense, load_batches(files, "test_vit", 2))
-    cosines = np.concatenate(scores.cosines)
-    assert scores.images == 3 and scores.agree == 3 and scores.labelled == 2
-    assert scores.correct == scores.dense_correct
-    assert np.allclose(cosines, 1.0, atol=1e-6)
-    assert scores.seconds > 0 and scores.dense_seconds > 0
+    scores = score_batches({"dense": dense, "copy": dense}, load_batches(files, "test_vit", 2))
+    copy, ref = scores["copy"], scores["dense"]
+    assert copy.images == ref.images == 3 and copy.agree == ref.agree == 3 and copy.labelled == 2
+    assert copy.correct == ref.correct
+    assert np.allclose(np.concatenate(copy.cosines), 1.0, atol=1e-6)
+    assert copy.seconds > 0 and ref.images_per_s > 0
+
+
+def test_evaluate_bundles_share_one_dense_pass(bundle, dense):
+    first, second = evaluate_bundles([bundle("test_vit")] * 2, batch=2, limit=4, dense=dense, warn_random=False)
+    assert first.images == second.images == 4
+    assert first.agreement == second.agreement and first.cosine_mean == pytest.approx(second.cosine_mean)
+    assert first.dense_images_per_s == second.dense_images_per_s  # one dense measurement for both

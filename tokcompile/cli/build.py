@@ -46,12 +46,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fuse", action=argparse.BooleanOptionalAction, default=None, help="fuse dropped tokens into one (default on)"
     )
     ats = p.add_argument_group("ats (per-image token counts: staged, bucketed bundles)")
-    ats.add_argument("--max-tokens", default=None, help="budget K per ATS block, one value or a list (default: all tokens)")
+    ats.add_argument(
+        "--max-tokens", default=None, help="budget K per ATS block, one value or a list (default: all tokens)"
+    )
     staged = p.add_argument_group("staged bundles")
     staged.add_argument("--buckets", default=None, help="auto (default) or token counts for every stage, e.g. 64,128")
-    staged.add_argument("--max-buckets", type=int, default=None, help="buckets per stage with --buckets auto (default 4)")
-    staged.add_argument("--calib", default=None, help="image folder for token-count calibration (default: random inputs)")
-    staged.add_argument("--profile", default=None, help="hardware profile name or YAML for --buckets auto (default cpu-x86-2core)")
+    staged.add_argument(
+        "--max-buckets", type=int, default=None, help="buckets per stage with --buckets auto (default 4)"
+    )
+    staged.add_argument(
+        "--calib", default=None, help="image folder for token-count calibration (default: random inputs)"
+    )
+    staged.add_argument(
+        "--profile", default=None, help="hardware profile name or YAML for --buckets auto (default cpu-x86-2core)"
+    )
     tome = p.add_argument_group("tome")
     tome.add_argument(
         "--r",

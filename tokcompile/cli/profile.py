@@ -51,10 +51,12 @@ def run(args: argparse.Namespace) -> bool:
     from ..profiles import Profile, save_profile
     from ..profiles.measure import cpu_target, measure_curve
 
-    widths, batches, tokens = int_list(args.widths, "--widths"), int_list(args.batch, "--batch"), token_grid(args.tokens)
-    curves = [
-        measure_curve(w, max(1, w // 64), b, tokens, args.iters, args.threads) for w in widths for b in batches
-    ]
+    widths, batches, tokens = (
+        int_list(args.widths, "--widths"),
+        int_list(args.batch, "--batch"),
+        token_grid(args.tokens),
+    )
+    curves = [measure_curve(w, max(1, w // 64), b, tokens, args.iters, args.threads) for w in widths for b in batches]
     profile = Profile(
         name=args.target,
         measured=True,

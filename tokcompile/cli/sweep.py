@@ -61,13 +61,15 @@ def run(args: argparse.Namespace) -> bool:
         threads=args.threads,
     )
     metric = "top-1" if result.metric == "top1" else "agreement"
-    print(f"{param:>10} {'tokens':>18} {metric:>9} {'cosine':>7} {'img/s':>8} {'speed-up':>8}  Pareto")
-    for row in result.rows():
+    rows = result.rows()
+    width = max(len("tokens"), *(len(r["tokens"]) for r in rows))
+    print(f"{param:>10} {'tokens':>{width}} {metric:>9} {'cosine':>7} {'img/s':>8} {'speed-up':>8}  Pareto")
+    for row in rows:
         name = "dense" if row["point"] == "dense" else str(row["value"])
         y = result.y(row)
         cosine = "-" if row["cosine_mean"] is None else f"{row['cosine_mean']:.4f}"
         print(
-            f"{name:>10} {row['tokens']:>18} {y:>9.2%} {cosine:>7} {row['images_per_s']:>8.1f} "
+            f"{name:>10} {row['tokens']:>{width}} {y:>9.2%} {cosine:>7} {row['images_per_s']:>8.1f} "
             f"{row['speedup']:>7.2f}x  {'*' if row['pareto'] else ''}"
         )
     for path in result.files:

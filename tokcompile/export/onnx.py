@@ -9,10 +9,10 @@ onnx-graphsurgeon and checked with ``onnx.checker`` (DESIGN.md §2).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx

@@ -74,10 +74,23 @@ def cut_stages(gm: fx.GraphModule) -> tuple[list[Stage], dict[str, str]]:
         produced = [n for n in own if needed_later.get(n, -1) > k]
         graph.output(tuple(env[n] for n in produced))
         module = fx.GraphModule(gm, graph, class_name=f"Stage{k}")
-        token_values = [n.name for n in (*produced, *(p for p in nodes if p.name in inputs)) if n.meta.get(TOKEN_DIM_KEY)]
-        counts = [n for n in produced if n.meta.get(BOUNDARY_KEY) is not None and n.target is operator.getitem and n.args[1] == 1]
+        token_values = [
+            n.name for n in (*produced, *(p for p in nodes if p.name in inputs)) if n.meta.get(TOKEN_DIM_KEY)
+        ]
+        counts = [
+            n
+            for n in produced
+            if n.meta.get(BOUNDARY_KEY) is not None and n.target is operator.getitem and n.args[1] == 1
+        ]
         stages.append(
-            Stage(k, module, inputs, [n.name for n in produced], sorted(set(token_values)), counts[0].name if counts and k < count - 1 else None)
+            Stage(
+                k,
+                module,
+                inputs,
+                [n.name for n in produced],
+                sorted(set(token_values)),
+                counts[0].name if counts and k < count - 1 else None,
+            )
         )
     return stages, final
 
@@ -105,10 +118,14 @@ def export_stages(
     entries = []
     for stage in stages:
         inputs = [
-            GraphInput(INPUT_NAME if name == "x" and stage.index == 0 else name, examples[name], name in stage.token_values)
+            GraphInput(
+                INPUT_NAME if name == "x" and stage.index == 0 else name, examples[name], name in stage.token_values
+            )
             for name in stage.inputs
         ]
         file = f"{prefix}{stage.index}.onnx"
         facts = onnx_from_graph_module(stage.module, input_shape, directory / file, stage.outputs, inputs=inputs)
-        entries.append({"index": stage.index, "file": file, **facts, "token_values": stage.token_values, "count": stage.count})
+        entries.append(
+            {"index": stage.index, "file": file, **facts, "token_values": stage.token_values, "count": stage.count}
+        )
     return entries

@@ -44,7 +44,11 @@ class AtsConfig:
                 f"method 'ats' is defined for one prefix token (CLS); '{spec.name}' has {spec.num_prefix_tokens} "
                 "(distillation/register tokens are not supported by ATS)"
             )
-        chosen = default_layers(spec.depth) if layers is None else tuple(sorted({_layer_index(v, spec.depth) for v in layers}))
+        chosen = (
+            default_layers(spec.depth)
+            if layers is None
+            else tuple(sorted({_layer_index(v, spec.depth) for v in layers}))
+        )
         if layers is not None and len(chosen) != len(list(layers)):
             raise TokcompileError(f"--layers must not repeat a block, got {list(layers)}")
         budgets = _budgets(max_tokens, len(chosen), spec.num_tokens)

@@ -48,8 +48,8 @@ unpadded official code does (the padded official code would pick a pad, an inval
 
 Tie-breaking and degenerate cases (tokcompile's definitions):
 - The official ``torch.sort`` is not stable; here ties in s are broken by position (stable).
-  The ONNX body sorts on (score, position) pairs through a pairwise rank, no TopK, so torch,
-  ONNX Runtime and TensorRT agree on ties by construction.
+  The ONNX body sorts on (score, position) pairs through a pairwise rank, not TopK (whose tie
+  order is not portable), so every backend that runs the body orders ties the same way.
 - unique(pick), ascending, is computed as a mask over the sorted slots (a slot is kept when
   some sample picks it), compacted in slot order. It does not rely on the picks being
   non-decreasing: they are in exact arithmetic, but not always in float32 (in the edge case
@@ -66,7 +66,9 @@ Arithmetic: scores are float32 values, but every reduction (Σ_h attn, ||v||², 
 accumulates in float64 and rounds once to float32, so the result does not depend on the
 reduction order of the backend (torch's CPU float32 cumsum already accumulates in double).
 Everything else is elementwise float32 in the order written above; torch and the ONNX body
-therefore agree bit for bit, and so do their selections.
+(run by ONNX Runtime) therefore agree bit for bit, and so do their selections. A backend
+without float64 (TensorRT, if it inlines the body instead of using a plugin) reduces in float32
+and may flip a near-tied pick (methods-reference.md §7.3).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..errors import TokcompileError
+from ._outputs import OUTPUT_META
 from .manager import PassContext, PassResult
-from .output_kept_indices import OUTPUT_META
 
 logger = logging.getLogger(__name__)
 

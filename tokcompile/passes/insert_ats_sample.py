@@ -121,7 +121,9 @@ def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             tokens = graph.call_function(gather_tokens, (x, rows))
             valid = graph.call_function(valid_prefix, (rows, count))
             ids = graph.call_function(sampled_ids, (ids, rows, valid))
-        x.replace_all_uses_with(tokens, delete_user_cb=lambda u, t=tokens: u is not t and u.target not in (all_valid, initial_ids))
+        x.replace_all_uses_with(
+            tokens, delete_user_cb=lambda u, t=tokens: u is not t and u.target not in (all_valid, initial_ids)
+        )
         op.meta[TOKEN_OP_KEY] = block.index
         for node in (tokens, valid, ids):
             node.meta[TOKEN_DIM_KEY] = 1
@@ -130,5 +132,7 @@ def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         outputs += [(f"count_{block.index}", count), (f"kept_ids_{block.index}", ids)]
     names = append_outputs(gm, outputs)
     ctx.info["outputs"] = names
-    logger.info("insert_ats_sample: %d ops (blocks %s, budgets %s)", len(budgets), list(budgets), list(budgets.values()))
+    logger.info(
+        "insert_ats_sample: %d ops (blocks %s, budgets %s)", len(budgets), list(budgets), list(budgets.values())
+    )
     return PassResult(gm, True)

@@ -15,23 +15,18 @@ import logging
 
 import torch.fx as fx
 
+from ._outputs import append_outputs, named_outputs
 from .manager import PassContext, PassResult
-from .output_kept_indices import OUTPUT_META
 
 logger = logging.getLogger(__name__)
 
 
 def output_features(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    names = list(output.meta.get(OUTPUT_META, ["logits"]))
-    if "features" in names:
+    if "features" in named_outputs(gm):
         return PassResult(gm, False)
     head = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == "head"), None)
     if head is None:
         logger.info("output_features: no 'head' module; no features output")
         return PassResult(gm, False)
-    values = output.args[0] if isinstance(output.args[0], tuple) else (output.args[0],)
-    output.args = ((values[0], head.args[0], *values[1:]),)
-    output.meta[OUTPUT_META] = [names[0], "features", *names[1:]]
-    ctx.info["outputs"] = output.meta[OUTPUT_META]
+    ctx.info["outputs"] = append_outputs(gm, [("features", head.args[0])], position=1)
     return PassResult(gm, True)

@@ -20,12 +20,11 @@ import torch
 import torch.fx as fx
 
 from ..ops.evit_select import evit_select
+from ._outputs import append_outputs, named_outputs, output_node
 from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
 from .manager import PassContext, PassResult
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_META = "tokcompile.outputs"
 
 
 @torch.fx.wrap
@@ -52,32 +51,20 @@ def gather_token_ids(
 
 
 def output_kept_indices(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    if OUTPUT_META in output.meta:
-        return PassResult(gm, False)
     ops = [n for n in token_op_nodes(gm) if n.target is evit_select]  # other ops: their own output pass
-    if not ops:
+    if not ops or any(name.startswith("kept_ids_") for name in named_outputs(gm)):
         return PassResult(gm, False)
     graph = gm.graph
-    names = ["logits"]
-    results = [output.args[0]]
+    items = []
     ids = None
-    with graph.inserting_before(output):
+    with graph.inserting_before(output_node(gm)):
         for sel in ops:
             getters = {u.args[1]: u for u in sel.users if u.target is operator.getitem}
             if ids is None:
                 ids = graph.call_function(initial_token_ids, (sel.args[0],))
             pair = graph.call_function(gather_token_ids, (ids, getters[1], getters[0], ctx.spec.num_prefix_tokens))
             ids = graph.call_function(operator.getitem, (pair, 0))
-            results.append(graph.call_function(operator.getitem, (pair, 1)))
-            names.append(f"kept_ids_{sel.meta[TOKEN_OP_KEY]}")
-    output.args = (tuple(results),)
-    output.meta[OUTPUT_META] = names
-    ctx.info["outputs"] = names
-    logger.info("output_kept_indices: %s", ", ".join(names[1:]))
+            items.append((f"kept_ids_{sel.meta[TOKEN_OP_KEY]}", graph.call_function(operator.getitem, (pair, 1))))
+    ctx.info["outputs"] = append_outputs(gm, items)
+    logger.info("output_kept_indices: %s", ", ".join(name for name, _ in items))
     return PassResult(gm, True)
-
-
-def output_names(gm: fx.GraphModule) -> list[str]:
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    return list(output.meta.get(OUTPUT_META, ["logits"]))

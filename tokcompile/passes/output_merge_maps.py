@@ -22,10 +22,10 @@ import operator
 import torch
 import torch.fx as fx
 
+from ._outputs import append_outputs, named_outputs, output_node
 from .insert_evit_select import TOKEN_OP_KEY
 from .insert_tome_merge import merge_output, tome_merge_nodes
 from .manager import PassContext, PassResult
-from .output_kept_indices import OUTPUT_META
 
 logger = logging.getLogger(__name__)
 
@@ -39,24 +39,19 @@ def compose_merge_map(previous: torch.Tensor, dest: torch.Tensor) -> torch.Tenso
 
 
 def output_merge_maps(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    names = list(output.meta.get(OUTPUT_META, ["logits"]))
     merges = tome_merge_nodes(gm)
-    if not merges or any(name.startswith(PREFIX) for name in names):
+    if not merges or any(name.startswith(PREFIX) for name in named_outputs(gm)):
         return PassResult(gm, False)
     graph = gm.graph
-    values = list(output.args[0]) if isinstance(output.args[0], tuple) else [output.args[0]]
+    items = []
     current = None
-    with graph.inserting_before(output):
+    with graph.inserting_before(output_node(gm)):
         for merge in merges:
             dest = merge_output(merge, 2)
             if dest is None:
                 dest = graph.call_function(operator.getitem, (merge, 2))
             current = dest if current is None else graph.call_function(compose_merge_map, (current, dest))
-            values.append(current)
-            names.append(f"{PREFIX}{merge.meta[TOKEN_OP_KEY]}")
-    output.args = (tuple(values),)
-    output.meta[OUTPUT_META] = names
-    ctx.info["outputs"] = names
-    logger.info("output_merge_maps: %s", ", ".join(n for n in names if n.startswith(PREFIX)))
+            items.append((f"{PREFIX}{merge.meta[TOKEN_OP_KEY]}", current))
+    ctx.info["outputs"] = append_outputs(gm, items)
+    logger.info("output_merge_maps: %s", ", ".join(name for name, _ in items))
     return PassResult(gm, True)

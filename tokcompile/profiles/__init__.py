@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
@@ -80,7 +81,9 @@ class Profile:
 
 
 def _fail(source: str, what: str) -> TokcompileError:
-    return TokcompileError(f"profile '{source}' is malformed: {what}; fix the file or re-measure it with 'tokcompile profile'")
+    return TokcompileError(
+        f"profile '{source}' is malformed: {what}; fix the file or re-measure it with 'tokcompile profile'"
+    )
 
 
 def from_dict(data: Any, source: str) -> Profile:
@@ -113,7 +116,13 @@ def from_dict(data: Any, source: str) -> Profile:
     if data["measured"] and not curves:
         raise _fail(source, "a measured profile needs at least one curve")
     return Profile(
-        data["name"], data["measured"], data["backend"], data["target"], alignment, curves, data.get("measured_with", {})
+        data["name"],
+        data["measured"],
+        data["backend"],
+        data["target"],
+        alignment,
+        curves,
+        data.get("measured_with", {}),
     )
 
 
@@ -131,7 +140,9 @@ def load_profile(name_or_path: str) -> Profile:
     else:
         names = shipped()
         if name_or_path not in names:
-            raise TokcompileError(f"unknown profile '{name_or_path}'; shipped: {', '.join(names)} (or pass a .yaml path)")
+            raise TokcompileError(
+                f"unknown profile '{name_or_path}'; shipped: {', '.join(names)} (or pass a .yaml path)"
+            )
         text, source = resources.files(__name__).joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
     try:
         data = yaml.safe_load(text)

@@ -12,8 +12,8 @@ import logging
 import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,9 @@ def measure_curve(
                 times.append(time.perf_counter() - start)
             latencies.append(round(float(np.median(times)) * 1e3, 4))
             logger.debug("profile: width %d batch %d tokens %d: %.3f ms", width, batch, n, latencies[-1])
-    logger.info("profile: width %d, batch %d: %d points, %.2f → %.2f ms", width, batch, len(tokens), latencies[0], latencies[-1])
+    logger.info(
+        "profile: width %d, batch %d: %d points, %.2f → %.2f ms", width, batch, len(tokens), latencies[0], latencies[-1]
+    )
     return Curve(width, heads, batch, list(map(int, tokens)), latencies)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -94,7 +94,9 @@ def bench(
     if images is not None:
         from ..verify.images import image_batches
 
-        pool = np.concatenate(list(image_batches(images, reduced.manifest["model"]["timm_name"], 16, limit=max(batches))))
+        pool = np.concatenate(
+            list(image_batches(images, reduced.manifest["model"]["timm_name"], 16, limit=max(batches)))
+        )
     rng = np.random.default_rng(seed)
     rows: list[BenchRow] = []
     for batch in batches:

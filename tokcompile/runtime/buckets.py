@@ -20,8 +20,8 @@ candidates: dynamic programming, exact for this objective.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -89,7 +89,9 @@ def choose_buckets(
         raise TokcompileError("bucket selection needs at least one observed token count")
     counts_arr = np.sort(np.asarray(counts, dtype=np.int64))
     if counts_arr[0] < 1 or counts_arr[-1] > max_tokens:
-        raise TokcompileError(f"observed token counts must lie in [1, {max_tokens}], got {counts_arr[0]}..{counts_arr[-1]}")
+        raise TokcompileError(
+            f"observed token counts must lie in [1, {max_tokens}], got {counts_arr[0]}..{counts_arr[-1]}"
+        )
     cands = sorted(set(counts_arr.tolist()) | {c for c in step_ends(latency, max_tokens) if c >= counts_arr[0]})
     cands = [c for c in cands if c < max_tokens] + [max_tokens]
     # A candidate is dominated when a larger one is no slower (it covers more for free): drop it.

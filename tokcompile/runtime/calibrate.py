@@ -96,11 +96,19 @@ def calibrate(
             "buckets": chosen,
         }
         if latency is not None:
-            boundary["expected_ms_per_block"] = round(expected_latency(chosen, counts, latency, _defaults.BUCKET_BATCH), 4)
+            boundary["expected_ms_per_block"] = round(
+                expected_latency(chosen, counts, latency, _defaults.BUCKET_BATCH), 4
+            )
         boundaries.append(boundary)
     cut, cut_final = cut_stages(gm)
     entries = [
-        {"inputs": s.inputs, "values_in": s.inputs, "outputs": s.outputs, "token_values": s.token_values, "count": s.count}
+        {
+            "inputs": s.inputs,
+            "values_in": s.inputs,
+            "outputs": s.outputs,
+            "token_values": s.token_values,
+            "count": s.count,
+        }
         for s in cut
     ]
     runner = StagedRunner(entries, torch_stage_calls([s.module for s in cut]), cut_final)

@@ -10,9 +10,10 @@ token is ever dropped by dispatch.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -45,7 +46,9 @@ class DispatchStats:
 StageCall = Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def ort_stage_calls(directory: Path, stages: list[dict[str, Any]], file_key: str, threads: Optional[int] = None) -> list[StageCall]:
+def ort_stage_calls(
+    directory: Path, stages: list[dict[str, Any]], file_key: str, threads: Optional[int] = None
+) -> list[StageCall]:
     """One ONNX Runtime session per stage file: ``call(output_names, feed) → outputs``."""
     from ..backends.onnxruntime import load
 

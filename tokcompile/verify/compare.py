@@ -164,7 +164,7 @@ def compare(
     precision = stage["onnxruntime_precision"]
     atol = atol if atol is not None else _defaults.COMPARE_ATOL[precision]
     batch = batch or _defaults.COMPARE_BATCH
-    gm, spec, _ = rebuild(manifest, precision=precision)
+    gm, spec, info = rebuild(manifest, precision=precision)
     shape = tuple(manifest["model"]["input_shape"])
     if images is not None:
         data = list(image_batches(images, manifest["model"]["timm_name"], batch, limit=(samples or 0) * batch or None))
@@ -172,7 +172,7 @@ def compare(
         data = list(_random_batches(shape, batch, samples or _defaults.COMPARE_SAMPLES, seed))
     input_name = stage["inputs"][0]
     feeds = [OrderedDict([(input_name, x)]) for x in data]
-    outputs = named_outputs(gm)
+    outputs = info.get("outputs") or named_outputs(gm)
     if len(manifest["stages"]) == 1:
         onnx_path = directory / stage["onnxruntime_file"]
         bundle_runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxruntime")
@@ -203,7 +203,10 @@ def compare(
     )
     for name in (n for n in outputs if n.startswith(("kept_ids_", "count_"))):
         # -1 marks padding (and EViT's fused token): only real tokens are compared
-        pairs = [(set(np.atleast_1d(a).tolist()) - {-1}, set(np.atleast_1d(b).tolist()) - {-1}) for a, b in zip(ref[name], got[name])]
+        pairs = [
+            (set(np.atleast_1d(a).tolist()) - {-1}, set(np.atleast_1d(b).tolist()) - {-1})
+            for a, b in zip(ref[name], got[name])
+        ]
         report.layer_agreement[name] = float(np.mean([a == b for a, b in pairs]))
         report.layer_overlap[name] = float(np.mean([len(a & b) / max(1, len(a)) for a, b in pairs]))
     for name in (n for n in outputs if n.startswith(MERGE_MAP_PREFIX)):

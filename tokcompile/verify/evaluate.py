@@ -2,9 +2,11 @@
 
 The dense twin comes from ``runtime.bench.dense_runner`` (same weights, same executed precision,
 same export path, method ``none``), so every difference below is the token reduction's. Per
-batch both models run back to back, in alternating order (as ``bench`` does), so drift on a
-shared machine hits both alike; throughput is images over the summed run time of that model,
-decoding and preprocessing excluded, after one untimed warm-up run of each.
+batch the models run back to back, in rotating order (as ``bench`` alternates), so drift on a
+shared machine hits all alike; throughput is images over the summed run time of that model,
+decoding and preprocessing excluded, after one untimed warm-up run of each. A sweep evaluates
+all its bundles in one such pass (``evaluate_bundles``): one dense run per batch, comparable
+timings across points.
 
 Reported: top-1 accuracy of both models where file locations carry ImageNet-1k labels
 (``labels.py``), top-1 agreement of the bundle with the dense model, cosine similarity of the
@@ -14,11 +16,12 @@ fail to decode are skipped with a warning and counted; one bad file never ends a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 EVAL_BATCH = 16
 RANDOM_IMAGES = 32  # images drawn when no folder is given
 IMAGENET_CLASSES = 1000
+DENSE = "dense"  # the reference model's key in score_batches
 
 RANDOM_WARNING = (
     "no --images: evaluating on random inputs; agreement and cosine on noise are unrepresentative "
@@ -47,16 +51,18 @@ Model = Callable[[np.ndarray, Sequence[str]], dict[str, np.ndarray]]
 
 @dataclass
 class Scores:
-    """Running totals of one evaluation; ``score_batches`` fills them batch by batch."""
+    """Running totals of one model in an evaluation; ``score_batches`` fills them batch by batch."""
 
     images: int = 0
     labelled: int = 0
     correct: int = 0
-    dense_correct: int = 0
-    agree: int = 0
-    cosines: list[np.ndarray] = field(default_factory=list)
+    agree: int = 0  # top-1 equal to the reference model's
+    cosines: list[np.ndarray] = field(default_factory=list)  # per batch, vs the reference's features
     seconds: float = 0.0
-    dense_seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("inf")
 
 
 @dataclass
@@ -118,6 +124,15 @@ def progress_bar(total: Optional[int], desc: str, progress: Optional[bool], unit
     )
 
 
+def bars_and_logs(progress: Optional[bool]) -> contextlib.AbstractContextManager[Any]:
+    """While bars are shown, route tokcompile's log lines through tqdm so they do not tear the bars."""
+    if not (progress if progress is not None else sys.stderr.isatty()):
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logging.getLogger("tokcompile")])
+
+
 def select_files(files: Sequence[Path], limit: Optional[int]) -> list[Path]:
     """At most ``limit`` files, spread evenly over the sorted list (a class-folder layout keeps every class)."""
     if limit is None or limit >= len(files):
@@ -147,45 +162,48 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def score_batches(
-    model: Model,
-    dense: Model,
+    models: Mapping[str, Model],
     batches: Iterable[tuple[np.ndarray, Optional[Sequence[Path]]]],
+    reference: str = "dense",
     outputs: Sequence[str] = ("logits", "features"),
     with_labels: bool = True,
     bar: Any = None,
-) -> Scores:
-    """Run ``model`` and ``dense`` on every batch, interleaved, and total the comparison.
+) -> dict[str, Scores]:
+    """Run every model on every batch, back to back, and total each against ``models[reference]``.
 
     batches: (images [b, 3, H, W] float32, their files or None); labels come from the files.
-    ``outputs`` are requested from both models: ``logits`` always, ``features`` when present.
+    ``outputs`` are requested from every model: ``logits`` always, ``features`` when present.
+    The running order rotates by one model per batch, so no model always runs first or last and
+    drift on a shared machine hits all alike; the first batch also runs once untimed per model
+    (ONNX Runtime allocates and picks kernels on its first runs).
     """
-    scores = Scores()
-    warm = False
+    names = list(models)
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not among the models {names}")
+    scores = {name: Scores() for name in names}
     for index, (images, files) in enumerate(batches):
-        if not warm:  # first ORT runs allocate and pick kernels; keep them out of the timing
-            model(images, outputs)
-            dense(images, outputs)
-            warm = True
+        if index == 0:
+            for fn in models.values():
+                fn(images, outputs)
         got: dict[str, dict[str, np.ndarray]] = {}
-        seconds: dict[str, float] = {}
-        for name in ("model", "dense") if index % 2 == 0 else ("dense", "model"):
-            fn = model if name == "model" else dense
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            got[name] = fn(images, outputs)
-            seconds[name] = time.perf_counter() - start
-        scores.seconds += seconds["model"]
-        scores.dense_seconds += seconds["dense"]
-        top, dense_top = got["model"]["logits"].argmax(1), got["dense"]["logits"].argmax(1)
-        scores.images += len(images)
-        scores.agree += int((top == dense_top).sum())
-        if "features" in outputs:
-            scores.cosines.append(_cosine(got["model"]["features"], got["dense"]["features"]))
-        if with_labels and files is not None:
-            labels = labels_of(files)
-            correct, labelled = top1_correct(got["model"]["logits"], labels)
-            scores.correct += correct
-            scores.labelled += labelled
-            scores.dense_correct += top1_correct(got["dense"]["logits"], labels)[0]
+            got[name] = models[name](images, outputs)
+            scores[name].seconds += time.perf_counter() - start
+        labels = labels_of(files) if with_labels and files is not None else None
+        ref = got[reference]
+        ref_top = ref["logits"].argmax(1)
+        for name, out in got.items():
+            score = scores[name]
+            score.images += len(images)
+            score.agree += int((out["logits"].argmax(1) == ref_top).sum())
+            if "features" in outputs:
+                score.cosines.append(_cosine(out["features"], ref["features"]))
+            if labels is not None:
+                correct, labelled = top1_correct(out["logits"], labels)
+                score.correct += correct
+                score.labelled += labelled
         if bar is not None:
             bar.update(len(images))
     return scores
@@ -204,88 +222,144 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``bundle`` against its dense twin on an image folder (or random inputs without one).
 
-    ``dense``: a runner from ``runtime.bench.dense_runner`` to reuse (a sweep exports it once);
-    by default it is exported from the bundle. ``limit``: at most that many files, spread evenly
-    over the folder's sorted files. Raises TokcompileError for a folder without decodable images.
+    ``dense``: a runner from ``runtime.bench.dense_runner`` to reuse; by default it is exported
+    from the bundle. ``limit``: at most that many files, spread evenly over the folder's sorted
+    files. Raises TokcompileError for a folder without decodable images.
+    """
+    return evaluate_bundles([bundle], images, batch, limit, dense, progress, threads, seed, warn_random)[0]
+
+
+def evaluate_bundles(
+    bundles: Sequence[Path | str],
+    images: Optional[Path | str] = None,
+    batch: Optional[int] = None,
+    limit: Optional[int] = None,
+    dense: Optional[Model] = None,
+    progress: Optional[bool] = None,
+    threads: Optional[int] = None,
+    seed: int = 0,
+    warn_random: bool = True,
+) -> list[EvalResult]:
+    """``evaluate`` for bundles that share one dense twin (same model, weights and executed precision).
+
+    All of them run on each batch together with one dense run (``score_batches``), so every
+    throughput is measured under the same conditions and each image is decoded once. The dense
+    twin is exported from the first bundle unless ``dense`` is given. All runners are loaded at
+    once: memory grows with the number of bundles.
     """
     from ..runtime.bench import dense_runner
     from ..runtime.runner import load
     from .images import ImageStats, list_images, load_batches
 
-    directory = Path(bundle)
+    if not bundles:
+        raise ValueError("evaluate_bundles needs at least one bundle")
+    directories = [Path(b) for b in bundles]
     batch = EVAL_BATCH if batch is None else batch
     if batch < 1:
         raise TokcompileError(f"--batch must be a positive integer, got {batch}")
     if limit is not None and limit < 1:
         raise TokcompileError(f"--limit must be a positive integer, got {limit}")
-    runner = load(directory, threads)
-    manifest = runner.manifest
+    runners = [load(d, threads) for d in directories]
+    first = runners[0].manifest
+    for d, r in zip(directories[1:], runners[1:]):
+        m = r.manifest
+        if (m["model"]["timm_name"], m["weights"].get("digest"), r.precision) != (
+            first["model"]["timm_name"],
+            first["weights"].get("digest"),
+            runners[0].precision,
+        ):
+            raise TokcompileError(
+                f"bundle '{d}' has another model, weights or precision than '{directories[0]}'; "
+                "bundles evaluated together share one dense model"
+            )
     stats = ImageStats()
-    labelled_model = manifest["model"].get("num_classes") == IMAGENET_CLASSES
-    notes: list[str] = []
+    labelled_model = first["model"].get("num_classes") == IMAGENET_CLASSES
     if images is None:
         if warn_random:
             logger.warning("%s", RANDOM_WARNING)
-        notes.append("note: random inputs, unrepresentative of real images")
         count = limit or RANDOM_IMAGES
-        batches: Iterator[Any] = random_batches(tuple(manifest["model"]["input_shape"]), count, batch, seed)
+        batches: Iterator[Any] = random_batches(tuple(first["model"]["input_shape"]), count, batch, seed)
     else:
         files = select_files(list_images(images), limit)
         count = len(files)
-        batches = load_batches(files, manifest["model"]["timm_name"], batch, stats, source=f"--images '{images}'")
+        batches = load_batches(files, first["model"]["timm_name"], batch, stats, source=f"--images '{images}'")
     # Decode the first batch before exporting the dense twin: a folder where nothing decodes fails fast.
-    first = next(batches)
-    batches = itertools.chain([first], batches)
+    head = next(batches)
+    batches = itertools.chain([head], batches)
     if dense is None:
-        logger.info("eval: exporting the dense twin of %s", directory)
-        dense = dense_runner(directory, threads)
+        logger.info("eval: exporting the dense twin of %s", directories[0])
+        dense = dense_runner(directories[0], threads)
     # a staged bundle's final outputs differ from its first stage's; older runners lack output_names
-    bundle_outputs = getattr(runner, "output_names", None) or manifest["stages"][0]["outputs"]
-    names = [n for n in ("logits", "features") if n in bundle_outputs]
-    if "features" in names and "features" not in getattr(dense, "output_names", names):
-        names.remove("features")
+    outputs = ["logits", "features"]
+    for r in runners:
+        if "features" not in (getattr(r, "output_names", None) or r.manifest["stages"][0]["outputs"]):
+            outputs = ["logits"]
+    if "features" not in getattr(dense, "output_names", outputs):
+        outputs = ["logits"]
 
-    def model(x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    def bundle_model(runner: Any) -> Model:
         # runner.run: the bundle as users run it (input checks, every output incl. the token maps)
-        return runner.run(x)
+        return lambda x, _names: runner.run(x)
 
-    with progress_bar(count, f"eval {directory.name}", progress, leave=False) as bar:
-        scores = score_batches(model, dense, batches, names, with_labels=labelled_model, bar=bar)
-    if images is not None and not labelled_model:
+    models: dict[str, Model] = {DENSE: dense}
+    models.update({str(i): bundle_model(r) for i, r in enumerate(runners)})
+    desc = f"eval {directories[0].name}" if len(runners) == 1 else f"eval {len(runners)} bundles"
+    with bars_and_logs(progress), progress_bar(count, desc, progress, leave=False) as bar:
+        scores = score_batches(models, batches, DENSE, outputs, with_labels=labelled_model, bar=bar)
+    ref = scores[DENSE]
+    return [
+        _result(d, r, scores[str(i)], ref, batch, stats, images, labelled_model)
+        for i, (d, r) in enumerate(zip(directories, runners))
+    ]
+
+
+def _result(
+    directory: Path,
+    runner: Any,
+    score: Scores,
+    ref: Scores,
+    batch: int,
+    stats: Any,
+    images: Optional[Path | str],
+    labelled_model: bool,
+) -> EvalResult:
+    manifest = runner.manifest
+    notes: list[str] = []
+    if images is None:
+        notes.append("note: random inputs, unrepresentative of real images")
+    elif not labelled_model:
         notes.append(
             f"note: the model has {manifest['model'].get('num_classes')} classes, not ImageNet-1k's 1000; no accuracy"
         )
-    elif images is not None and scores.labelled == 0:
+    elif score.labelled == 0:
         notes.append(
             "note: no file location names an ImageNet-1k class (DIR/<wnid>/x.JPEG or <wnid>_x.JPEG); no accuracy"
         )
-    elif scores.labelled < scores.images:
-        notes.append(
-            f"note: {scores.images - scores.labelled} images carry no ImageNet-1k label; accuracy over the rest"
-        )
+    elif score.labelled < score.images:
+        notes.append(f"note: {score.images - score.labelled} images carry no ImageNet-1k label; accuracy over the rest")
     if stats.skipped:
         shown = ", ".join(p.name for p in stats.skipped[:3]) + (", ..." if len(stats.skipped) > 3 else "")
-        notes.append(f"skipped {len(stats.skipped)} unreadable file{'s' if len(stats.skipped) != 1 else ''}: {shown}")
+        notes.append(f"unreadable files skipped: {shown}")
     if manifest["weights"].get("source") == "random":
         notes.append("note: the bundle has RANDOM weights; accuracy figures mean nothing")
-    cosines = np.concatenate(scores.cosines) if scores.cosines else None
+    cosines = np.concatenate(score.cosines) if score.cosines else None
     return EvalResult(
         bundle=str(directory),
         method=manifest["method"]["name"],
         params=dict(manifest["method"]["params"]),
         precision=runner.precision,
         batch=batch,
-        images=scores.images,
+        images=score.images,
         skipped=len(stats.skipped),
-        labelled=scores.labelled,
+        labelled=score.labelled,
         random_inputs=images is None,
         weights=str(manifest["weights"].get("source")),
-        top1=scores.correct / scores.labelled if scores.labelled else None,
-        dense_top1=scores.dense_correct / scores.labelled if scores.labelled else None,
-        agreement=scores.agree / scores.images,
+        top1=score.correct / score.labelled if score.labelled else None,
+        dense_top1=ref.correct / ref.labelled if ref.labelled else None,
+        agreement=score.agree / score.images,
         cosine_mean=float(cosines.mean()) if cosines is not None else None,
         cosine_min=float(cosines.min()) if cosines is not None else None,
-        images_per_s=scores.images / scores.seconds,
-        dense_images_per_s=scores.images / scores.dense_seconds,
+        images_per_s=score.images_per_s,
+        dense_images_per_s=ref.images_per_s,
         notes=notes,
     )

@@ -4,11 +4,11 @@ The maps come from the bundle's own outputs (``runner.run``), i.e. from the toke
 executes, never from a re-implementation:
 
 * EViT, ``kept_ids_<block>`` [B, k] int64: original token ids kept by that layer (ids < P are
-  prefix tokens, -1 is an earlier fused token). Drawn as in the EViT paper (Liang et al.,
-  ICLR'22, Fig. 5): kept patches in colour, the others greyed; a patch fused into this layer's
-  extra token is tinted and hatched, one dropped by an earlier layer is dark grey.
+  prefix tokens, -1 is an earlier fused token). Drawn as the EViT paper (Liang et al., ICLR'22)
+  draws attentive tokens: kept patches in colour, the others greyed; a patch fused into this
+  layer's extra token is tinted and hatched, one dropped by an earlier layer is dark grey.
 * ToMe, ``merge_map_<block>`` [B, N0] int64: for every original token its position in that
-  layer's output. Drawn as in the ToMe paper (Bolya et al., ICLR'23, Fig. 4 / ``tome/vis.py``):
+  layer's output. Drawn as in the ToMe paper (Bolya et al., ICLR'23) and its ``tome/vis.py``:
   every group of two or more merged patches is filled with its mean colour and outlined in a
   colour of its own; a patch still alone is left as the image.
 

@@ -2,8 +2,10 @@
 
 For a method parameter (EViT ``keep_rate``, ToMe ``r``) and a list of values, every value is
 validated through the method's own config before anything is built, then each point is built
-into ``OUT/points/<param>-<value>`` and evaluated against the dense model with ``evaluate``
-(the dense twin is exported once: every point shares its weights and precision). Results go to
+into ``OUT/points/<param>-<value>``, and all points are evaluated against the dense model in one
+pass over the images (``evaluate_bundles``: every point shares the dense twin's weights and
+precision; each batch runs the dense model once and every point once, in rotating order, so
+the throughputs are measured under the same conditions and comparable across points). Results go to
 ``OUT/results.csv``, ``OUT/results.md`` and ``OUT/pareto.png`` (x = measured throughput, y =
 top-1 accuracy when the images carry labels, else top-1 agreement with the dense model; also
 agreement when the bundles have random weights, whose accuracy means nothing).
@@ -22,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import TokcompileError
-from .evaluate import RANDOM_WARNING, EvalResult, evaluate, progress_bar
+from .evaluate import RANDOM_WARNING, EvalResult, bars_and_logs, evaluate_bundles, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ class SweepResult:
     param: str
     points: list[SweepPoint]
     dense_top1: Optional[float]
-    dense_images_per_s: float  # median over the points' interleaved dense measurements
+    dense_images_per_s: float  # measured in the same pass as every point
     dense_gmacs: float
     dense_tokens: int
     metric: str  # "top1" or "agreement": the plot's y
@@ -253,7 +255,6 @@ def sweep(
     """Build and evaluate one bundle per value of ``param``; write CSV, Markdown and the Pareto plot."""
     from .. import _defaults
     from ..api import build
-    from ..runtime.bench import dense_runner
     from .images import list_images
 
     method = method or _defaults.METHOD
@@ -270,55 +271,44 @@ def sweep(
         logger.warning("%s", RANDOM_WARNING)
     out = Path(output) if output is not None else Path(f"sweep-{model}-{method}")
     out.mkdir(parents=True, exist_ok=True)
-    points: list[SweepPoint] = []
-    dense = None
-    dense_gmacs, dense_tokens = 0.0, 0
-    with progress_bar(len(values), f"sweep {param}", progress, unit="point") as bar:
+    built = []
+    with bars_and_logs(progress), progress_bar(len(values), f"build {param}", progress, unit="point") as bar:
         for value in values:
             bar.set_postfix_str(f"{param}={value}")
-            built = build(
-                model,
-                method=method,
-                precision=precision,
-                weights=weights,
-                output=out / "points" / point_name(param, value),
-                force=force,
-                **{param: value},
-            )
-            if dense is None:
-                logger.info("sweep: exporting the dense twin once for all points")
-                dense = dense_runner(built.bundle, threads)
-            m = built.manifest
-            dense_gmacs, dense_tokens = m["gmacs"]["dense"], m["tokens"]["sequence"][0]
-            result = evaluate(
-                built.bundle,
-                images=images,
-                batch=batch,
-                limit=limit,
-                dense=dense,
-                progress=progress,
-                threads=threads,
-                warn_random=False,
-            )
-            points.append(
-                SweepPoint(
-                    value,
-                    built.bundle,
-                    list(m["tokens"]["sequence"]),
-                    m["gmacs"]["reduced"],
-                    m["gmacs"]["ideal_speedup"],
-                    result,
+            built.append(
+                build(
+                    model,
+                    method=method,
+                    precision=precision,
+                    weights=weights,
+                    output=out / "points" / point_name(param, value),
+                    force=force,
+                    **{param: value},
                 )
             )
-            logger.info(
-                "sweep: %s=%s: agreement %.3f, %.1f img/s (dense %.1f)",
-                param,
-                value,
-                result.agreement,
-                result.images_per_s,
-                result.dense_images_per_s,
-            )
             bar.update(1)
+    logger.info("sweep: evaluating %d points against one dense run per batch", len(built))
+    results = evaluate_bundles(
+        [b.bundle for b in built],
+        images=images,
+        batch=batch,
+        limit=limit,
+        progress=progress,
+        threads=threads,
+        warn_random=False,
+    )
+    points = [
+        SweepPoint(
+            value,
+            b.bundle,
+            list(b.manifest["tokens"]["sequence"]),
+            b.manifest["gmacs"]["reduced"],
+            b.manifest["gmacs"]["ideal_speedup"],
+            result,
+        )
+        for value, b, result in zip(values, built, results)
+    ]
+    dense_gmacs, dense_tokens = built[0].manifest["gmacs"]["dense"], built[0].manifest["tokens"]["sequence"][0]
     labelled = all(p.result.top1 is not None for p in points)
     dense_top1 = points[0].result.dense_top1 if labelled else None
     random_weights = any(p.result.weights == "random" for p in points)
@@ -331,7 +321,7 @@ def sweep(
         param=param,
         points=points,
         dense_top1=dense_top1,
-        dense_images_per_s=float(np.median([p.result.dense_images_per_s for p in points])),
+        dense_images_per_s=points[0].result.dense_images_per_s,
         dense_gmacs=dense_gmacs,
         dense_tokens=dense_tokens,
         metric="top1" if labelled and not random_weights else "agreement",
