@@ -64,7 +64,7 @@ def test_batch_of_8_equals_each_image_alone_against_eager_reference(ats_bundle, 
     layers = runner.manifest["method"]["params"]["layers"]
     x = images(8)
     got = runner.run(x)
-    counts = np.stack([got[f"count_{l}"] for layer in layers], 1)
+    counts = np.stack([got[f"count_{layer}"] for layer in layers], 1)
     assert len({tuple(c) for c in counts}) > 1, "inputs should give different per-image counts"
     for b in range(8):
         ref_logits, ref_kept = eager_ats_one(model, torch.from_numpy(x[b]), layers, spec.num_tokens)
