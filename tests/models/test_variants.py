@@ -149,3 +149,49 @@ def test_model_kwargs_are_recorded_and_rebuilt(tmp_path):
     assert spec.depth == 2 and spec.img_size == (224, 224)
     with pytest.raises(TokcompileError, match="does not accept model arguments"):
         create_model("test_vit", weights="random", bogus_arg=1)
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "no_cls"])
+def test_tome_on_variant_matches_eager_reference(variant):
+    """ToMe works on every variant, models without a class token included (prefix tokens protected)."""
+    from reference_tome import eager_tome
+
+    name, kwargs = VARIANTS.get(variant, ("vit_medium_patch16_gap_256", {}))
+    model, spec = make(name, kwargs)
+    method = get_method("tome")
+    config = resolve_config(method, spec, {"r": 8})
+    gm, info = apply_method(model, spec, method, config, "fp32", debug=True)
+    x = torch.randn(2, *spec.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = dict(zip(info["outputs"], gm(x)))
+    P = spec.num_prefix_tokens
+    for name_ in (n for n in info["outputs"] if n.startswith("merge_map_")):
+        groups = out[name_]
+        assert torch.equal(groups[:, :P], torch.arange(P).expand(2, P)), "prefix tokens stay first"
+        assert not any((groups[:, P:] == p).any() for p in range(P)), "no token merges into a prefix token"
+    if P > 2:  # official ToMe protects CLS and a distillation token only; the reference stops there
+        assert torch.isfinite(out["logits"]).all()
+        return
+    ref_logits, ref_maps = eager_tome(model, x, config.r, True)
+    assert (out["logits"] - ref_logits).abs().max() <= 1e-4
+    for layer, ref in ref_maps.items():
+        assert torch.equal(out[f"merge_map_{layer}"], ref), f"{variant}: block {layer} merge maps differ"
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ats_on_variant_runs_or_refuses(variant):
+    """ATS needs exactly one prefix token (CLS): distillation/register models are refused."""
+    name, kwargs = VARIANTS[variant]
+    model, spec = make(name, kwargs)
+    method = get_method("ats")
+    if spec.num_prefix_tokens != 1:
+        with pytest.raises(TokcompileError, match="defined for one prefix token"):
+            resolve_config(method, spec, {})
+        return
+    gm, info = apply_method(model, spec, method, resolve_config(method, spec, {}), "fp32")
+    assert info["stages"] == len(resolve_config(method, spec, {}).layers) + 1
+    with torch.no_grad():
+        out = dict(zip(info["outputs"], gm(torch.randn(2, *spec.input_shape))))
+    assert out["logits"].shape[0] == 2 and torch.isfinite(out["logits"]).all()
+    counts = [out[n] for n in info["outputs"] if n.startswith("count_")]
+    assert all((c >= 2).all() and (c <= spec.num_tokens).all() for c in counts)

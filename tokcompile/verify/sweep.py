@@ -394,7 +394,8 @@ def write_markdown(result: SweepResult, path: Path, images: Optional[Path | str]
         f"# Sweep: {result.model}, {result.method}, {result.param}",
         "",
         f"- inputs: {source}",
-        f"- batch {first.batch}, {first.precision} on ONNX Runtime; throughput measured interleaved with the dense model",
+        f"- batch {first.batch}, {first.precision} on ONNX Runtime; every point and the dense model timed on "
+        "the same batches in one pass (rotating order)",
         f"- Pareto front (★): throughput vs {y}, dense model included",
         "",
         f"| {result.param} | tokens | GMACs | top-1 | agreement | cosine (mean/min) | img/s | speed-up | Pareto |",
