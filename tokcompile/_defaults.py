@@ -16,6 +16,14 @@ EVIT_KEEP_RATE = 0.7
 EVIT_LAYERS_12 = (3, 6, 9)
 EVIT_FUSE = True
 
+# ToMe (methods-reference.md §2.1): r=13 (README DeiT-S/Ti), proportional attention on.
+TOME_R = 13
+TOME_PROP_ATTN = True
+
+# eval
+EVAL_BATCH = 16
+EVAL_RANDOM_IMAGES = 32  # images drawn when no folder is given
+
 # compare
 COMPARE_BATCH = 4
 COMPARE_SAMPLES = 2

@@ -131,6 +131,7 @@ def build(
     from .models.flops import count_gmacs
     from .passes.cast_precision import precision_dtype
     from .runtime import bundle as bundle_io
+    from .runtime.calibrate import calibrate, plan_calibration
     from .runtime.report import write_report
 
     start = time.perf_counter()
@@ -148,12 +149,19 @@ def build(
     out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
     fingerprint = _fingerprint(spec.name, weights_record, m.name, [method_params, model_kwargs], precision, backend)
     bundle_io.check_output(out, fingerprint, force)
-    if "notice" in weights_record:
-        logger.warning("%s", weights_record.pop("notice"))
 
-    gmacs_dense = count_gmacs(torch_model, spec.input_shape)
+    staged_flags = {"--buckets": buckets, "--max-buckets": max_buckets, "--calib": calib, "--profile": profile}
+    if not m.staged and any(v is not None for v in staged_flags.values()):
+        given = ", ".join(k for k, v in staged_flags.items() if v is not None)
+        raise TokcompileError(
+            f"{given} apply to methods with per-image token counts (ats); method '{m.name}' has static counts"
+        )
+    plan = plan_calibration(spec, calib, buckets, max_buckets, profile) if m.staged else None
+    if "notice" in weights_record:  # every input is valid now: say it once, prominently
+        logger.warning("%s", weights_record.pop("notice"))
     gm, info = apply_method(torch_model, spec, m, config, precision)
     staged = info.get("stages", 1) > 1
+    gmacs_dense = count_gmacs(torch_model, spec.input_shape)
     with bundle_io.staging_dir(out) as tmp:
         stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model")
         files = [s["file"] for s in stages]
@@ -174,10 +182,8 @@ def build(
                 s.update(onnxruntime_file=t["file"], onnxruntime_precision="fp32", onnxruntime_note=reason)
             files += [t["file"] for t in twins]
         reduced_fp32 = gm if precision == "fp32" else apply_method(torch_model, spec, m, config, "fp32")[0]
-        if staged:
-            from .runtime.calibrate import calibrate
-
-            calibration = calibrate(reduced_fp32, spec, stages, final, calib, buckets, max_buckets, profile)
+        if plan is not None:
+            calibration = calibrate(plan, reduced_fp32, spec, stages, final)
             gmacs = calibration.pop("gmacs")
             tokens = calibration
         else:

@@ -7,24 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tokcompile.cli.main import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_user_error(code: int, err: str, pattern: str) -> None:
-    import re
-
-    assert code == 1
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("tokcompile: error: ") and "Traceback" not in err
-    assert re.search(pattern, lines[0]), lines[0]
+from cli_helpers import assert_user_error, run
 
 
 def test_build_inspect_compare_bench(capsys, checkpoint, tmp_path):
@@ -67,6 +50,9 @@ def test_list(capsys):
         (["build", "test_vit", "--method", "none", "--keep-rate", "0.5"], r"method 'none' takes no parameters"),
         (["bench", "x", "--batch", "1,a"], r"--batch must be comma-separated integers"),
         (["list", "things"], r"invalid choice"),
+        (["build", "test_vit", "--buckets", "64"], r"--buckets apply to methods with per-image token counts"),
+        (["build", "test_vit", "--method", "ats", "--max-buckets", "0"], r"--max-buckets must be ≥ 1"),
+        (["build", "test_vit", "--method", "tome", "--r", "-2"], r"r"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, monkeypatch, argv, pattern):

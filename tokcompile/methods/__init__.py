@@ -20,6 +20,7 @@ class Method:
     summary: str
     config: Any  # dataclass with resolve(spec, **params) and params()
     pipeline: tuple[Callable, ...]
+    staged: bool = False  # per-image token counts: split into stages, bucketed at run time
 
 
 METHODS: dict[str, Method] = {
@@ -41,6 +42,7 @@ METHODS: dict[str, Method] = {
         "ATS: adaptive token sampling, a per-image token count; staged, bucketed execution (ECCV'22)",
         ats.AtsConfig,
         ats.PIPELINE,
+        staged=True,
     ),
 }
 

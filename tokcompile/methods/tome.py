@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from .. import _defaults
 from ..errors import TokcompileError
 from ..models import ModelSpec
 from ..passes.add_proportional_attention import add_proportional_attention
@@ -34,10 +35,8 @@ logger = logging.getLogger(__name__)
 
 PIPELINE = (insert_tome_merge, add_proportional_attention, output_merge_maps, annotate_tokens)
 
-# Official README defaults (methods-reference.md §2.1). They belong with the others in
-# _defaults.py; they live here until that file gains a ToMe section.
-DEFAULT_R = 13
-DEFAULT_PROP_ATTN = True
+DEFAULT_R = _defaults.TOME_R
+DEFAULT_PROP_ATTN = _defaults.TOME_PROP_ATTN
 
 RSpec = Union[int, str, Sequence[int], tuple[int, float]]
 

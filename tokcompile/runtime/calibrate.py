@@ -10,6 +10,7 @@ token counts (staged eager run, no padding) and averaged.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,31 +51,49 @@ def parse_buckets(value: Optional[str | list[int]]) -> Optional[list[int]]:
     return list(value)
 
 
-def calibrate(
-    gm: Any,
+@dataclass
+class CalibrationPlan:
+    """What calibration needs, validated before anything is exported (bad flags fail fast)."""
+
+    images: np.ndarray
+    source: str
+    explicit: Optional[list[int]]
+    max_buckets: int
+    profile: Any  # Profile, or None with explicit buckets
+
+
+def plan_calibration(
     spec: Any,
-    stages: list[dict[str, Any]],
-    final: dict[str, str],
     calib: Optional[str | Path],
     buckets: Optional[str | list[int]],
     max_buckets: Optional[int],
     profile_name: Optional[str],
-) -> dict[str, Any]:
-    """Fill ``stages[i]["buckets"]``; return the manifest's token summary (with ``gmacs``)."""
-    from ..export.stages import cut_stages
-    from ..models.flops import count_gmacs_staged
-    from ..passes._outputs import named_outputs
+) -> CalibrationPlan:
     from ..profiles import load_profile
 
     explicit = parse_buckets(buckets)
     if explicit is not None:
         explicit = list(validate_buckets(explicit, spec.num_tokens))
     max_buckets = max_buckets if max_buckets is not None else _defaults.MAX_BUCKETS
+    if max_buckets < 1:
+        raise TokcompileError(f"--max-buckets must be ≥ 1, got {max_buckets}")
+    profile = load_profile(profile_name or _defaults.PROFILE) if explicit is None else None
     images, source = _calibration_images(spec, calib, _defaults.CALIB_IMAGES)
+    return CalibrationPlan(images, source, explicit, max_buckets, profile)
+
+
+def calibrate(
+    plan: CalibrationPlan, gm: Any, spec: Any, stages: list[dict[str, Any]], final: dict[str, str]
+) -> dict[str, Any]:
+    """Fill ``stages[i]["buckets"]``; return the manifest's token summary (with ``gmacs``)."""
+    from ..export.stages import cut_stages
+    from ..models.flops import count_gmacs_staged
+    from ..passes._outputs import named_outputs
+
+    images, source, explicit, profile = plan.images, plan.source, plan.explicit, plan.profile
     with torch.no_grad():
         outputs = dict(zip(named_outputs(gm), gm(torch.from_numpy(images))))
     value_of = {v: k for k, v in final.items()}
-    profile = load_profile(profile_name or _defaults.PROFILE) if explicit is None else None
     latency = profile.latency(spec.embed_dim, _defaults.BUCKET_BATCH) if profile is not None else None
     boundaries = []
     for stage in stages:
@@ -85,7 +104,9 @@ def calibrate(
         if explicit is not None:
             chosen = explicit
         else:
-            chosen = list(choose_buckets(counts, spec.num_tokens, latency, max_buckets, _defaults.BUCKET_BATCH).buckets)
+            chosen = list(
+                choose_buckets(counts, spec.num_tokens, latency, plan.max_buckets, _defaults.BUCKET_BATCH).buckets
+            )
         stage["buckets"] = chosen
         boundary = {
             "stage": stage["index"],

@@ -28,15 +28,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import _defaults
 from ..errors import TokcompileError
 from .labels import labels_of, top1_correct
 
 logger = logging.getLogger(__name__)
 
-# Defaults of eval/sweep. They belong in _defaults.py with the others; they live here until that
-# file gains an eval section (it is not this module's to edit).
-EVAL_BATCH = 16
-RANDOM_IMAGES = 32  # images drawn when no folder is given
+EVAL_BATCH = _defaults.EVAL_BATCH
+RANDOM_IMAGES = _defaults.EVAL_RANDOM_IMAGES  # images drawn when no folder is given
 IMAGENET_CLASSES = 1000
 DENSE = "dense"  # the reference model's key in score_batches
 
