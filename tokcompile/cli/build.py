@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ats.add_argument(
         "--max-tokens", default=None, help="budget K per ATS block, one value or a list (default: all tokens)"
     )
+    avit = p.add_argument_group("avit (per-token halting: staged, bucketed bundles)")
+    avit.add_argument("--gamma", type=float, default=None, help="halting gate scale γ (default per model: 10)")
+    avit.add_argument("--beta", type=float, default=None, help="halting gate center β (default per model: 30 tiny, 75 small)")
     staged = p.add_argument_group("staged bundles")
     staged.add_argument("--buckets", default=None, help="auto (default) or token counts for every stage, e.g. 64,128")
     staged.add_argument(
@@ -98,6 +101,8 @@ def run(args: argparse.Namespace) -> bool:
         r=args.r,
         prop_attn=args.prop_attn,
         max_tokens=args.max_tokens,
+        gamma=args.gamma,
+        beta=args.beta,
         buckets=args.buckets,
         max_buckets=args.max_buckets,
         calib=args.calib,

@@ -18,7 +18,8 @@ import torch
 import torch.fx as fx
 
 from ..passes._outputs import named_outputs, output_node
-from ..passes.insert_ats_sample import BOUNDARY_KEY, TOKEN_DIM_KEY
+from ..passes.insert_ats_sample import TOKEN_DIM_KEY
+from ..passes.insert_evit_select import TOKEN_OP_KEY
 from ..passes.split_stages import STAGE_KEY
 from .onnx import INPUT_NAME, GraphInput, onnx_from_graph_module
 
@@ -80,7 +81,7 @@ def cut_stages(gm: fx.GraphModule) -> tuple[list[Stage], dict[str, str]]:
         counts = [
             n
             for n in produced
-            if n.meta.get(BOUNDARY_KEY) is not None and n.target is operator.getitem and n.args[1] == 1
+            if n.target is operator.getitem and n.args[1] == 1 and TOKEN_OP_KEY in n.args[0].meta
         ]
         stages.append(
             Stage(

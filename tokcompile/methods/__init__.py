@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TokcompileError
-from . import ats, evit, tome
+from . import ats, avit, evit, tome
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,13 @@ METHODS: dict[str, Method] = {
         "ATS: adaptive token sampling, a per-image token count; staged, bucketed execution (ECCV'22)",
         ats.AtsConfig,
         ats.PIPELINE,
+        staged=True,
+    ),
+    "avit": Method(
+        "avit",
+        "A-ViT: adaptive per-token halting; halted tokens removed; staged, bucketed execution (CVPR'22)",
+        avit.AvitConfig,
+        avit.PIPELINE,
         staged=True,
     ),
 }

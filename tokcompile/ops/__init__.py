@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .. import _defaults
 from . import ats_sample as _ats_sample
+from . import compact_tokens as _compact
 from . import evit_select as _evit_select
 from . import tome_merge as _tome_merge
 
@@ -35,5 +36,8 @@ TOKEN_OPS: dict[object, TokenOp] = {
         ),
         TokenOp(_tome_merge.tome_merge, _tome_merge.ONNX_NAME, _tome_merge.onnx_symbolic, _tome_merge.onnx_function),
         TokenOp(_ats_sample.ats_sample, _ats_sample.ONNX_NAME, _ats_sample.onnx_symbolic, _ats_sample.onnx_function),
+        TokenOp(
+            _compact.compact_tokens, _compact.ONNX_NAME, _compact.onnx_symbolic, _compact.onnx_function
+        ),
     )
 }

@@ -1,15 +1,16 @@
-"""CPU throughput of an ATS bundle: staged + bucketed vs masked execution vs dense, one run.
+"""CPU throughput of an adaptive bundle (ATS, A-ViT): staged + bucketed vs masked vs dense, one run.
 
-ATS's token counts depend on the image, so this feeds real photographs (default
+Their token counts depend on the image, so this feeds real photographs (default
 ``../shared/imagenet-sample``) for calibration and timing. No pretrained weights can be
 downloaded here, so the model has random weights whose q/k projections are scaled by
 ``--qk-scale`` (default 4, as in the methods-reference verification runs): with timm's plain
 random init the attention is nearly uniform and ATS keeps almost every token, which says
-nothing about the runtime. The figures therefore measure the execution machinery (stages,
-buckets, masking), not ATS's accuracy.
+nothing about the runtime. A-ViT's halting needs its fine-tuned channel 0; on random weights
+``--beta 3`` (instead of the released 75) makes tokens halt. The figures therefore measure the
+execution machinery (stages, buckets, masking), not the methods' accuracy.
 
-    python benchmarks/bench_ats_cpu.py                      # DeiT-S, fp32, batch 16
-    python benchmarks/bench_ats_cpu.py --model deit_t --batch 1,16 --buckets auto
+    python benchmarks/bench_adaptive_cpu.py                             # ATS, DeiT-S, fp32, batch 16
+    python benchmarks/bench_adaptive_cpu.py --method avit --gamma 10 --beta 3
 
 Issue goal: bucketed execution ≥ 1.3× faster than masked execution at equal outputs.
 """
@@ -36,6 +37,9 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="deit_s")
+    p.add_argument("--method", default="ats", choices=["ats", "avit"])
+    p.add_argument("--gamma", type=float, default=None)
+    p.add_argument("--beta", type=float, default=None)
     p.add_argument("--images", default=str(SAMPLE))
     p.add_argument("--batch", default="16")
     p.add_argument("--iters", type=int, default=10)
@@ -52,7 +56,13 @@ def main() -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
         out = Path(tmp) / "bundle"
         result = tokcompile.build(
-            args.model, method="ats", weights=str(weights), output=out, calib=args.images, buckets=args.buckets
+            args.model,
+            method=args.method,
+            weights=str(weights),
+            output=out,
+            calib=args.images,
+            buckets=args.buckets,
+            **({"gamma": args.gamma, "beta": args.beta} if args.method == "avit" else {}),
         )
         report = bench(
             out, batches=int_list(args.batch, "--batch"), iters=args.iters, threads=args.threads, images=args.images
@@ -63,7 +73,8 @@ def main() -> None:
         diff = np.abs(runner(x) - masked_twin(x, ["logits"])["logits"]).max()
     m = result.manifest
     print(
-        f"{args.model} ats, random weights (q/k ×{args.qk_scale}), fp32, ONNX Runtime CPU, {args.iters} interleaved runs"
+        f"{args.model} {args.method} {m['method']['params']}, random weights (q/k ×{args.qk_scale}), fp32, ONNX Runtime CPU, "
+        f"{args.iters} interleaved runs"
     )
     print(f"mean tokens per stage (calibration): {' → '.join(map(str, m['tokens']['sequence']))}")
     print(

@@ -1,0 +1,89 @@
+"""A-ViT: halted tokens removed (staged, bucketed) equals the official masked form per image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tokcompile
+from tokcompile import TokcompileError
+from tokcompile.methods import get_method, resolve_config
+from tokcompile.ops.compact_tokens import compact_tokens, compact_tokens_reference
+
+GAMMA, BETA = 10.0, 3.0  # random weights: channel 0 ~ N(0, 1), so tokens halt after a few blocks
+
+
+@torch.no_grad()
+def official_masked_avit(model, images, gamma, beta, eps=0.01):
+    """§4.2 as the official code computes it: dense, halted tokens zeroed and masked (-1000)."""
+    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    B, N, C = x.shape
+    c = torch.zeros(B, N)
+    R = torch.ones(B, N)
+    out = torch.zeros(B, N, C)
+    active = torch.ones(B, N)
+    depth = len(model.blocks)
+    for i, blk in enumerate(model.blocks):
+        x = x * active[..., None]
+        a = blk.attn
+        h_in = blk.norm1(x) * active[..., None]
+        q, k, v = a.qkv(h_in).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        logits = q @ k.transpose(-2, -1) * a.scale - 1000.0 * (1 - active)[:, None, None, :]
+        y = x + a.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+        y = (y + blk.mlp(blk.norm2(y))) * active[..., None]
+        h = torch.sigmoid(gamma * y[:, :, 0] - beta) if i < depth - 1 else torch.ones(B, N)
+        c = c + h
+        reached = ((c > 1 - eps) & (active > 0)).float()
+        running = (c < 1 - eps).float()
+        out = out + y * (R * reached + h * running)[..., None]
+        R = R - h * running
+        active = running
+        x = y
+    return model.forward_head(model.norm(out))
+
+
+def test_compact_tokens_orders_kept_first():
+    keep = torch.tensor([[True, False, True, True, False], [True, True, False, False, False]])
+    rows, count = compact_tokens(keep)
+    assert rows.tolist() == [[0, 2, 3, 1, 4], [0, 1, 2, 3, 4]] and count.tolist() == [3, 2]
+    assert torch.equal(rows, compact_tokens_reference(keep)[0])
+
+
+@pytest.fixture(scope="module")
+def avit_bundle(bundle):
+    return bundle("test_vit", method="avit", gamma=GAMMA, beta=BETA, buckets="32,64")
+
+
+def test_batch_equals_official_masked_form_and_each_image_alone(avit_bundle, models):
+    model, spec = models("test_vit")
+    runner = tokcompile.load(avit_bundle)
+    x = np.random.default_rng(0).standard_normal((8, 3, 160, 160), dtype=np.float32)
+    got = runner.run(x)
+    counts = np.stack([got[f"count_{i}"] for i in range(spec.depth - 1)], 1)
+    assert counts.min() < spec.num_tokens and len({tuple(c) for c in counts}) > 1, "tokens must halt, per image"
+    ref = official_masked_avit(model, torch.from_numpy(x), GAMMA, BETA)
+    assert np.abs(got["logits"] - ref.numpy()).max() <= 1e-4
+    for b in range(8):
+        alone = runner.run(x[b : b + 1])
+        assert np.abs(alone["logits"][0] - got["logits"][b]).max() <= 1e-5
+        assert [int(alone[f"count_{i}"][0]) for i in range(spec.depth - 1)] == counts[b].tolist()
+
+
+def test_avit_compare_and_stages(avit_bundle):
+    from tokcompile.verify.compare import compare
+
+    manifest = tokcompile.load(avit_bundle).manifest
+    assert len(manifest["stages"]) == manifest["model"]["depth"]
+    assert manifest["method"]["params"] == {"gamma": GAMMA, "beta": BETA, "eps": 0.01}
+    report = compare(avit_bundle, batch=4, samples=1)
+    assert report.passed and all(v == 1.0 for v in report.layer_agreement.values())
+
+
+def test_avit_refuses_models_without_single_cls(models):
+    _, spec = models("test_vit2")
+    with pytest.raises(TokcompileError, match="needs exactly one prefix token"):
+        resolve_config(get_method("avit"), spec, {})
+    _, spec = models("test_vit")
+    with pytest.raises(TokcompileError, match="--eps must be in"):
+        resolve_config(get_method("avit"), spec, {"eps": 2.0})

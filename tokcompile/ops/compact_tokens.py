@@ -1,0 +1,76 @@
+"""``tokcompile::compact_tokens``: move the tokens to keep to the front, in order.
+
+Contract::
+
+    keep:   [B, n] bool   tokens to keep; position 0 (CLS) must be kept
+    returns (rows [B, n] int64, count [B] int64)
+    rows[b, :count[b]] = positions p with keep[b, p], ascending; the rest are the other
+    positions (ascending), which callers mask as padding.
+
+Used where a token count becomes data-dependent by a mask rather than by sampling (A-ViT's
+halting). Implemented as a sort on the unique key ``keep·n + (n − 1 − p)``, so torch and the ONNX
+body (TopK on unique keys) order identically whatever TopK's tie rule is.
+"""
+
+from __future__ import annotations
+
+import onnxscript
+import torch
+from onnxscript import opset18 as op
+
+from .. import _defaults
+from ..errors import TokcompileError
+
+ONNX_DOMAIN = _defaults.ONNX_DOMAIN
+ONNX_NAME = "CompactTokens"
+
+
+def compact_tokens_reference(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = keep.shape[1]
+    position = torch.arange(n, device=keep.device)
+    key = keep.to(torch.int64) * n + (n - 1 - position)
+    rows = key.argsort(dim=1, descending=True)
+    return rows, keep.sum(dim=1)
+
+
+@torch.library.custom_op("tokcompile::compact_tokens", mutates_args=())
+def _compact_tokens_op(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return compact_tokens_reference(keep)
+
+
+@_compact_tokens_op.register_fake
+def _compact_tokens_fake(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return keep.new_empty(keep.shape, dtype=torch.int64), keep.new_empty(keep.shape[:1], dtype=torch.int64)
+
+
+compact_tokens = torch.ops.tokcompile.compact_tokens.default
+
+
+def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
+    if opset_version != 18:
+        raise TokcompileError(f"CompactTokens' ONNX body is written for opset 18, not {opset_version}")
+
+    @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
+    def CompactTokens(keep):
+        shape = op.Shape(keep)
+        n = op.Slice(shape, op.Constant(value_ints=[1]), op.Constant(value_ints=[2]))  # [1]
+        n_scalar = op.Squeeze(n, op.Constant(value_ints=[0]))
+        position = op.Range(op.Constant(value_int=0), n_scalar, op.Constant(value_int=1))
+        key = op.Add(op.Mul(op.Cast(keep, to=7), n), op.Sub(op.Sub(n, op.Constant(value_ints=[1])), position))
+        _, rows = op.TopK(op.Cast(key, to=1), n, axis=1, largest=1, sorted=1)
+        count = op.ReduceSum(op.Cast(keep, to=7), op.Constant(value_ints=[1]), keepdims=0)
+        return rows, count
+
+    return CompactTokens
+
+
+def onnx_symbolic(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, count = torch.onnx.ops.symbolic_multi_out(
+        f"{ONNX_DOMAIN}::{ONNX_NAME}",
+        [keep],
+        {"plugin_namespace": _defaults.PLUGIN_NAMESPACE, "plugin_version": _defaults.PLUGIN_VERSION},
+        dtypes=[torch.int64, torch.int64],
+        shapes=[list(keep.shape), [keep.shape[0]]],
+        version=1,
+    )
+    return rows, count

@@ -1,0 +1,151 @@
+"""insert_avit_halting: A-ViT adaptive halting with halted tokens removed, not masked.
+
+Rewrite (methods-reference.md §4.2, "zipped" form), for every block l with output y::
+
+    h      = sigmoid(γ·y[:, :, 0] − β)          (h = 1 in the last block)
+    c     += h                                   (cumulative halting score per token)
+    CLS:   out += y_cls·(R if c ≥ 1−ε else h);  R −= h while running;  done when c ≥ 1−ε
+    keep   = c < 1−ε  (and nothing of an image whose CLS halted; CLS itself always stays)
+    rows, count = compact_tokens(keep);  x = y[rows];  c = c[rows];  valid = arange(n) < count
+
+Every later attention masks padded keys (0 / -inf, fused SDPA), so halted tokens are absent as
+in the official code's exp(−1000) masking. The classifier reads ``norm(out)`` at the CLS position,
+the ponder-weighted CLS of §4.2, not the last block's CLS. Outputs ``count_<l>`` and
+``kept_ids_<l>`` per block (tokens still running after block l), and each compaction is a stage
+boundary, so the runtime buckets the next block.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from ..models.tracing import find_blocks
+from ..ops.compact_tokens import compact_tokens
+from ._outputs import append_outputs
+from .insert_ats_sample import (
+    BOUNDARY_KEY,
+    TOKEN_DIM_KEY,
+    all_valid,
+    gather_tokens,
+    initial_ids,
+    key_padding_bias,
+    sampled_ids,
+    valid_prefix,
+)
+from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
+from .manager import PassContext, PassResult
+
+logger = logging.getLogger(__name__)
+
+
+@torch.fx.wrap
+def avit_init(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """State before block 0: c [B, n] = 0, R [B] = 1, out [B, C] = 0, done [B] = False (float32)."""
+    B, n, C = x.shape
+    zeros = torch.zeros(B, n, dtype=torch.float32, device=x.device)
+    return zeros, zeros[:, 0] + 1.0, torch.zeros(B, C, dtype=torch.float32, device=x.device), zeros[:, 0] > 0
+
+
+@torch.fx.wrap
+def avit_update(
+    y: torch.Tensor,
+    c: torch.Tensor,
+    remainder: torch.Tensor,
+    out: torch.Tensor,
+    done: torch.Tensor,
+    valid: torch.Tensor,
+    gamma: float,
+    beta: float,
+    threshold: float,
+    last: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One halting step (float32). Returns (c, R, out, done, keep [B, n] bool)."""
+    h = torch.sigmoid(gamma * y[:, :, 0].float() - beta)
+    if last:
+        h = torch.ones_like(h)
+    c = torch.where(valid, c + h, c)
+    h_cls, c_cls, y_cls = h[:, 0], c[:, 0], y[:, 0].float()
+    reached = (c_cls > threshold) & ~done
+    running = (c_cls < threshold) & ~done
+    weight = torch.where(reached, remainder, torch.where(running, h_cls, torch.zeros_like(h_cls)))
+    out = out + y_cls * weight[:, None]
+    remainder = torch.where(running, remainder - h_cls, remainder)
+    done = done | ~running
+    cls = torch.arange(c.shape[1], device=c.device)[None, :] == 0
+    keep = ((c < threshold) & valid & ~done[:, None]) | cls  # CLS stays; a halted image keeps only it
+    return c, remainder, out, done, keep
+
+
+@torch.fx.wrap
+def ponder_tokens(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The ponder-weighted CLS as a one-token sequence [B, 1, C] for the final norm and pooling."""
+    return out[:, None, :].to(like.dtype)
+
+
+def insert_avit_halting(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    cfg = ctx.config
+    if token_op_nodes(gm):
+        return PassResult(gm, False)
+    graph = gm.graph
+    blocks = find_blocks(gm)
+    threshold = 1.0 - cfg.eps
+    valid: Optional[fx.Node] = None
+    outputs: list[tuple[str, fx.Node]] = []
+    state: Optional[fx.Node] = None
+    for block in blocks:
+        if valid is not None:
+            with graph.inserting_before(block.sdpa):
+                bias = graph.call_function(key_padding_bias, (valid, block.q))
+            block.sdpa.kwargs = {**block.sdpa.kwargs, "attn_mask": bias}
+        y = block.mlp_residual
+        last = block.index == blocks[-1].index
+        with graph.inserting_before(y.next):
+            if state is None:
+                init = graph.call_function(avit_init, (y,))
+                c, remainder, out, done = (graph.call_function(operator.getitem, (init, i)) for i in range(4))
+                valid = graph.call_function(all_valid, (y,))
+                ids = graph.call_function(initial_ids, (y,))
+            step = graph.call_function(
+                avit_update, (y, c, remainder, out, done, valid, cfg.gamma, cfg.beta, threshold, last)
+            )
+            parts = [graph.call_function(operator.getitem, (step, i)) for i in range(5)]
+            c, remainder, out, done, keep = parts
+            state = step
+            if last:
+                final = graph.call_function(ponder_tokens, (out, y))
+            else:
+                op = graph.call_function(compact_tokens, (keep,))
+                rows = graph.call_function(operator.getitem, (op, 0))
+                count = graph.call_function(operator.getitem, (op, 1))
+                tokens = graph.call_function(gather_tokens, (y, rows))
+                c = graph.call_function(gather_c, (c, rows))
+                valid = graph.call_function(valid_prefix, (rows, count))
+                ids = graph.call_function(sampled_ids, (ids, rows, valid))
+        if last:
+            y.replace_all_uses_with(final, delete_user_cb=lambda u, keep_=(step, final): u not in keep_)
+            break
+        users_to_keep = {step, tokens, init} if block.index == 0 else {step, tokens}
+        y.replace_all_uses_with(
+            tokens,
+            delete_user_cb=lambda u, k=users_to_keep: u not in k and u.target not in (all_valid, initial_ids),
+        )
+        op.meta[TOKEN_OP_KEY] = block.index
+        for node in (tokens, c, valid, ids):
+            node.meta[TOKEN_DIM_KEY] = 1
+        for node in (op, rows, count, tokens, c, valid, ids, step, *parts):
+            node.meta[BOUNDARY_KEY] = block.index
+        outputs += [(f"count_{block.index}", count), (f"kept_ids_{block.index}", ids)]
+    ctx.info["outputs"] = append_outputs(gm, outputs)
+    logger.info("insert_avit_halting: %d blocks (γ %s, β %s, ε %s)", len(blocks), cfg.gamma, cfg.beta, cfg.eps)
+    return PassResult(gm, True)
+
+
+@torch.fx.wrap
+def gather_c(c: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return c.gather(1, rows)
+
