@@ -22,11 +22,12 @@ from tokcompile.methods import get_method
 from tokcompile.models.tracing import capture, find_blocks
 from tokcompile.ops.evit_select import evit_select
 from tokcompile.passes._outputs import named_outputs as output_names
+from tokcompile.passes._tokens import initial_ids as initial_token_ids
 from tokcompile.passes.annotate_tokens import annotate_tokens
 from tokcompile.passes.capture_cls_attention import capture_cls_attention, cls_attention_row
 from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY, insert_evit_select
 from tokcompile.passes.manager import PassContext, PassError, PassResult, run_passes
-from tokcompile.passes.output_kept_indices import initial_token_ids, output_kept_indices
+from tokcompile.passes.output_kept_indices import output_kept_indices
 
 MODELS = ["test_vit", "deit_t"]
 LOGITS_ATOL = 1e-4  # fp32, fused SDPA in the graph vs explicit softmax(QKᵀ)V here

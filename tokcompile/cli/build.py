@@ -51,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     avit = p.add_argument_group("avit (per-token halting: staged, bucketed bundles)")
     avit.add_argument("--gamma", type=float, default=None, help="halting gate scale γ (default per model: 10)")
-    avit.add_argument("--beta", type=float, default=None, help="halting gate center β (default per model: 30 tiny, 75 small)")
+    avit.add_argument(
+        "--beta", type=float, default=None, help="halting gate center β (default per model: 30 tiny, 75 small)"
+    )
     staged = p.add_argument_group("staged bundles")
     staged.add_argument("--buckets", default=None, help="auto (default) or token counts for every stage, e.g. 64,128")
     staged.add_argument(

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from ..passes._outputs import named_outputs, output_node
-from ..passes.insert_ats_sample import TOKEN_DIM_KEY
+from ..passes._tokens import TOKEN_DIM_KEY
 from ..passes.insert_evit_select import TOKEN_OP_KEY
 from ..passes.split_stages import STAGE_KEY
 from .onnx import INPUT_NAME, GraphInput, onnx_from_graph_module
@@ -79,9 +79,7 @@ def cut_stages(gm: fx.GraphModule) -> tuple[list[Stage], dict[str, str]]:
             n.name for n in (*produced, *(p for p in nodes if p.name in inputs)) if n.meta.get(TOKEN_DIM_KEY)
         ]
         counts = [
-            n
-            for n in produced
-            if n.target is operator.getitem and n.args[1] == 1 and TOKEN_OP_KEY in n.args[0].meta
+            n for n in produced if n.target is operator.getitem and n.args[1] == 1 and TOKEN_OP_KEY in n.args[0].meta
         ]
         stages.append(
             Stage(

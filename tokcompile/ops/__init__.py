@@ -36,8 +36,6 @@ TOKEN_OPS: dict[object, TokenOp] = {
         ),
         TokenOp(_tome_merge.tome_merge, _tome_merge.ONNX_NAME, _tome_merge.onnx_symbolic, _tome_merge.onnx_function),
         TokenOp(_ats_sample.ats_sample, _ats_sample.ONNX_NAME, _ats_sample.onnx_symbolic, _ats_sample.onnx_function),
-        TokenOp(
-            _compact.compact_tokens, _compact.ONNX_NAME, _compact.onnx_symbolic, _compact.onnx_function
-        ),
+        TokenOp(_compact.compact_tokens, _compact.ONNX_NAME, _compact.onnx_symbolic, _compact.onnx_function),
     )
 }

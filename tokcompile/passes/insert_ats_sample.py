@@ -30,27 +30,22 @@ import torch.fx as fx
 from ..models.tracing import find_blocks
 from ..ops.ats_sample import ats_sample
 from ._outputs import append_outputs
+from ._tokens import (
+    BOUNDARY_KEY,
+    TOKEN_DIM_KEY,
+    all_valid,
+    gather_tokens,
+    initial_ids,
+    key_padding_bias,
+    sampled_ids,
+    valid_prefix,
+)
 from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
 from .manager import PassContext, PassResult
 
 logger = logging.getLogger(__name__)
 
-TOKEN_DIM_KEY = "tokcompile.token_dim"  # tensors whose dim 1 is the (padded) token dimension
-BOUNDARY_KEY = "tokcompile.boundary"  # nodes that end a stage: a data-dependent token count is known
 SOFTMAX_EPS = 1e-6  # the official softmax_with_policy's eps (§3.2)
-
-
-@torch.fx.wrap
-def all_valid(x: torch.Tensor) -> torch.Tensor:
-    """x: [B, N, C] → [B, N] all True."""
-    return torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
-
-
-@torch.fx.wrap
-def key_padding_bias(valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """valid: [B, n] → additive attention mask [B, 1, 1, n]: 0 for real keys, -inf for padding."""
-    bias = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill(~valid, float("-inf"))
-    return bias[:, None, None, :].to(like.dtype)
 
 
 @torch.fx.wrap
@@ -68,29 +63,6 @@ def ats_cls_attention(
     e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
     count = valid.sum(dim=-1, keepdim=True).unsqueeze(1).float()  # [B, 1, 1]
     return torch.where(keys, (e + SOFTMAX_EPS / count) / (e.sum(-1, keepdim=True) + SOFTMAX_EPS), 0.0)
-
-
-@torch.fx.wrap
-def gather_tokens(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x: [B, n, C], rows: [B, n] → x[b, rows[b]]."""
-    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-@torch.fx.wrap
-def valid_prefix(rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """[B, n] bool: position < count (sampled tokens are compacted to the front)."""
-    return torch.arange(rows.shape[1], device=rows.device)[None, :] < count[:, None]
-
-
-@torch.fx.wrap
-def sampled_ids(ids: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Original token ids after sampling: ids[rows], -1 on padding."""
-    return torch.where(valid, ids.gather(1, rows), -1)
-
-
-@torch.fx.wrap
-def initial_ids(x: torch.Tensor) -> torch.Tensor:
-    return torch.arange(x.shape[1], device=x.device).expand(x.shape[0], x.shape[1])
 
 
 def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:

@@ -27,7 +27,7 @@ import torch.fx as fx
 from ..models.tracing import find_blocks
 from ..ops.compact_tokens import compact_tokens
 from ._outputs import append_outputs
-from .insert_ats_sample import (
+from ._tokens import (
     BOUNDARY_KEY,
     TOKEN_DIM_KEY,
     all_valid,
@@ -148,4 +148,3 @@ def insert_avit_halting(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 @torch.fx.wrap
 def gather_c(c: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return c.gather(1, rows)
-

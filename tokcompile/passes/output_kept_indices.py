@@ -21,16 +21,11 @@ import torch.fx as fx
 
 from ..ops.evit_select import evit_select
 from ._outputs import append_outputs, named_outputs, output_node
+from ._tokens import initial_ids
 from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
 from .manager import PassContext, PassResult
 
 logger = logging.getLogger(__name__)
-
-
-@torch.fx.wrap
-def initial_token_ids(x: torch.Tensor) -> torch.Tensor:
-    """x: [B, N, C] → [[0, 1, ..., N-1]] * B (int64)."""
-    return torch.arange(x.shape[1], device=x.device).unsqueeze(0).expand(x.shape[0], x.shape[1])
 
 
 @torch.fx.wrap
@@ -61,7 +56,7 @@ def output_kept_indices(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         for sel in ops:
             getters = {u.args[1]: u for u in sel.users if u.target is operator.getitem}
             if ids is None:
-                ids = graph.call_function(initial_token_ids, (sel.args[0],))
+                ids = graph.call_function(initial_ids, (sel.args[0],))
             pair = graph.call_function(gather_token_ids, (ids, getters[1], getters[0], ctx.spec.num_prefix_tokens))
             ids = graph.call_function(operator.getitem, (pair, 0))
             items.append((f"kept_ids_{sel.meta[TOKEN_OP_KEY]}", graph.call_function(operator.getitem, (pair, 1))))

@@ -15,7 +15,7 @@ import logging
 
 import torch.fx as fx
 
-from .insert_ats_sample import BOUNDARY_KEY
+from ._tokens import BOUNDARY_KEY
 from .manager import PassContext, PassResult
 
 logger = logging.getLogger(__name__)

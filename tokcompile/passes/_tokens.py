@@ -1,0 +1,46 @@
+"""Helpers shared by passes whose token count becomes per-image (ATS, A-ViT): padded token
+tensors with a validity mask, compacted to the front; the meta keys stages and the runtime read."""
+
+from __future__ import annotations
+
+import torch
+
+TOKEN_DIM_KEY = "tokcompile.token_dim"  # tensors whose dim 1 is the (padded) token dimension
+BOUNDARY_KEY = "tokcompile.boundary"  # nodes that end a stage: a data-dependent token count is known
+
+
+@torch.fx.wrap
+def all_valid(x: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, C] → [B, N] all True."""
+    return torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+
+
+@torch.fx.wrap
+def key_padding_bias(valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """valid: [B, n] → additive attention mask [B, 1, 1, n]: 0 for real keys, -inf for padding."""
+    bias = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill(~valid, float("-inf"))
+    return bias[:, None, None, :].to(like.dtype)
+
+
+@torch.fx.wrap
+def gather_tokens(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x: [B, n, C], rows: [B, n] → x[b, rows[b]]."""
+    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+@torch.fx.wrap
+def valid_prefix(rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool: position < count (sampled tokens are compacted to the front)."""
+    return torch.arange(rows.shape[1], device=rows.device)[None, :] < count[:, None]
+
+
+@torch.fx.wrap
+def sampled_ids(ids: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Original token ids after sampling: ids[rows], -1 on padding."""
+    return torch.where(valid, ids.gather(1, rows), -1)
+
+
+@torch.fx.wrap
+def initial_ids(x: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, C] → [[0, 1, ..., N-1]] * B (int64): original token ids."""
+    return torch.arange(x.shape[1], device=x.device).unsqueeze(0).expand(x.shape[0], x.shape[1])
