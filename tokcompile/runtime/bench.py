@@ -55,9 +55,10 @@ def twin_runner(bundle: Path, method: Optional[str] = None, threads: Optional[in
     manifest = read_manifest(bundle)
     stage = manifest["stages"][0]
     gm, spec, _ = rebuild(manifest, method=method, precision=stage["onnxruntime_precision"])
-    path = Path(tempfile.mkdtemp(prefix="tokcompile-twin-")) / "twin.onnx"
-    onnx_from_graph_module(gm, spec.input_shape, path, named_outputs(gm))
-    return ort_backend.load(path, threads)
+    with tempfile.TemporaryDirectory(prefix="tokcompile-twin-") as tmp:  # the session keeps the model
+        path = Path(tmp) / "twin.onnx"
+        onnx_from_graph_module(gm, spec.input_shape, path, named_outputs(gm))
+        return ort_backend.load(path, threads)
 
 
 def dense_runner(bundle: Path, threads: Optional[int] = None):
