@@ -87,3 +87,18 @@ def test_avit_refuses_models_without_single_cls(models):
     _, spec = models("test_vit")
     with pytest.raises(TokcompileError, match="--eps must be in"):
         resolve_config(get_method("avit"), spec, {"eps": 2.0})
+
+
+def test_warns_when_nothing_halts(checkpoint, tmp_path, caplog):
+    """DeiT-like weights with the released β: nothing halts, and the build says so."""
+    with caplog.at_level("WARNING", logger="tokcompile"):
+        result = tokcompile.build(
+            "test_vit",
+            method="avit",
+            weights=str(checkpoint("test_vit")),
+            output=tmp_path / "b",
+            beta=75.0,
+            buckets="64",
+        )
+    assert "no token was dropped" in caplog.text
+    assert "no token was dropped" in result.manifest["tokens"]["warning"]

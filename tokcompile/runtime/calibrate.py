@@ -135,10 +135,19 @@ def calibrate(
     runner = StagedRunner(entries, torch_stage_calls([s.module for s in cut]), cut_final)
     gmacs = count_gmacs_staged(runner, images[: _defaults.CALIB_GMACS_IMAGES])
     sequence = [spec.num_tokens] + [b["mean"] for b in boundaries]
+    warning = None
+    if boundaries and all(b["min"] == spec.num_tokens for b in boundaries):
+        warning = (
+            f"no token was dropped on any of the {len(images)} calibration images: the bundle runs the dense "
+            "amount of work. Adaptive methods need their trained weights (A-ViT's fine-tuned channel 0, see "
+            "methods-reference §4.3) or other method parameters (--beta, --max-tokens)."
+        )
+        logger.warning("WARNING: %s", warning)
     logger.info("calibrate: %d images (%s); mean tokens %s", len(images), source, " → ".join(map(str, sequence)))
     return {
         "calibration": {"source": source, "images": int(len(images)), "profile": profile.name if profile else None},
         "boundaries": boundaries,
         "sequence": sequence,
+        **({"warning": warning} if warning else {}),
         "gmacs": gmacs,
     }

@@ -38,6 +38,7 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
         + (" (RANDOM: accuracy is meaningless)" if weights["source"] == "random" else ""),
         f"- method: `{method['name']}` ({params})",
         f"- tokens: {' → '.join(map(str, manifest['tokens']['sequence']))}",
+        *([f"- WARNING: {manifest['tokens']['warning']}"] if manifest["tokens"].get("warning") else []),
         f"- GMACs: {g['reduced']:.3f} reduced vs {g['dense']:.3f} dense; ideal speed-up {g['ideal_speedup']:.3f}×",
         f"- backend: {manifest['backend']}; {len(manifest['stages'])} stage file(s); ONNX Runtime runs "
         f"`{stage['onnxruntime_file']}`... ({stage['onnxruntime_precision']})",
