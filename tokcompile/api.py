@@ -167,6 +167,8 @@ def build(
         files = [s["file"] for s in stages]
         for s in stages:
             s["onnxruntime_file"], s["onnxruntime_precision"] = s["file"], precision
+        # The fp32 graph serves the twin (if needed), GMAC counting and calibration: build it once.
+        reduced_fp32 = gm if precision == "fp32" else apply_method(torch_model, spec, m, config, "fp32")[0]
         reason = ort_backend.cannot_execute(tmp / stages[0]["file"]) if precision != "fp32" else None
         if reason is not None:
             logger.warning(
@@ -176,12 +178,10 @@ def build(
                 reason,
                 precision,
             )
-            twin, _ = apply_method(torch_model, spec, m, config, "fp32")
-            twins, _ = _export_model(twin, spec, tmp, "stage_fp32_" if staged else "model.fp32")
+            twins, _ = _export_model(reduced_fp32, spec, tmp, "stage_fp32_" if staged else "model.fp32")
             for s, t in zip(stages, twins):
                 s.update(onnxruntime_file=t["file"], onnxruntime_precision="fp32", onnxruntime_note=reason)
             files += [t["file"] for t in twins]
-        reduced_fp32 = gm if precision == "fp32" else apply_method(torch_model, spec, m, config, "fp32")[0]
         if plan is not None:
             calibration = calibrate(plan, reduced_fp32, spec, stages, final)
             gmacs = calibration.pop("gmacs")

@@ -4,6 +4,9 @@ tensors with a validity mask, compacted to the front; the meta keys stages and t
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
+
+from ..models.tracing import BlockNodes
 
 TOKEN_DIM_KEY = "tokcompile.token_dim"  # tensors whose dim 1 is the (padded) token dimension
 BOUNDARY_KEY = "tokcompile.boundary"  # nodes that end a stage: a data-dependent token count is known
@@ -44,3 +47,10 @@ def sampled_ids(ids: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> t
 def initial_ids(x: torch.Tensor) -> torch.Tensor:
     """x: [B, N, C] → [[0, 1, ..., N-1]] * B (int64): original token ids."""
     return torch.arange(x.shape[1], device=x.device).unsqueeze(0).expand(x.shape[0], x.shape[1])
+
+
+def mask_padded_keys(graph: fx.Graph, block: BlockNodes, valid: fx.Node) -> None:
+    """Give ``block``'s attention (fused SDPA) the additive key mask of ``valid``."""
+    with graph.inserting_before(block.sdpa):
+        bias = graph.call_function(key_padding_bias, (valid, block.q))
+    block.sdpa.kwargs = {**block.sdpa.kwargs, "attn_mask": bias}

@@ -36,7 +36,7 @@ from ._tokens import (
     all_valid,
     gather_tokens,
     initial_ids,
-    key_padding_bias,
+    mask_padded_keys,
     sampled_ids,
     valid_prefix,
 )
@@ -75,10 +75,8 @@ def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     ids: Optional[fx.Node] = None
     outputs: list[tuple[str, fx.Node]] = []
     for block in find_blocks(gm):
-        if valid is not None:  # mask padded keys of every attention after the first sampling
-            with graph.inserting_before(block.sdpa):
-                bias = graph.call_function(key_padding_bias, (valid, block.q))
-            block.sdpa.kwargs = {**block.sdpa.kwargs, "attn_mask": bias}
+        if valid is not None:  # mask padded keys of every attention after the first compaction
+            mask_padded_keys(graph, block, valid)
         if block.index not in budgets:
             continue
         x = block.attn_residual

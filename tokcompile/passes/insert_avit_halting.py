@@ -33,7 +33,7 @@ from ._tokens import (
     all_valid,
     gather_tokens,
     initial_ids,
-    key_padding_bias,
+    mask_padded_keys,
     sampled_ids,
     valid_prefix,
 )
@@ -98,10 +98,8 @@ def insert_avit_halting(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     outputs: list[tuple[str, fx.Node]] = []
     state: Optional[fx.Node] = None
     for block in blocks:
-        if valid is not None:
-            with graph.inserting_before(block.sdpa):
-                bias = graph.call_function(key_padding_bias, (valid, block.q))
-            block.sdpa.kwargs = {**block.sdpa.kwargs, "attn_mask": bias}
+        if valid is not None:  # mask padded keys of every attention after the first compaction
+            mask_padded_keys(graph, block, valid)
         y = block.mlp_residual
         last = block.index == blocks[-1].index
         with graph.inserting_before(y.next):
