@@ -1,4 +1,4 @@
-"""CPU throughput of an adaptive bundle (ATS, A-ViT): staged + bucketed vs masked vs dense, one run.
+"""CPU throughput of an adaptive bundle (ATS, A-ViT, AdaViT): staged + bucketed vs masked vs dense, one run.
 
 Their token counts depend on the image, so this feeds real photographs (default
 ``../shared/imagenet-sample``) for calibration and timing. No pretrained weights can be
@@ -6,11 +6,13 @@ downloaded here, so the model has random weights whose q/k projections are scale
 ``--qk-scale`` (default 4, as in the methods-reference verification runs): with timm's plain
 random init the attention is nearly uniform and ATS keeps almost every token, which says
 nothing about the runtime. A-ViT's halting needs its fine-tuned channel 0; on random weights
-``--beta 3`` (instead of the released 75) makes tokens halt. The figures therefore measure the
+``--beta 3`` (instead of the released 75) makes tokens halt. AdaViT's decision heads are random
+(the official initialisation; no checkpoint is reachable here). The figures therefore measure the
 execution machinery (stages, buckets, masking), not the methods' accuracy.
 
     python benchmarks/bench_adaptive_cpu.py                             # ATS, DeiT-S, fp32, batch 16
     python benchmarks/bench_adaptive_cpu.py --method avit --gamma 10 --beta 3
+    python benchmarks/bench_adaptive_cpu.py --method adavit
 
 Issue goal: bucketed execution ≥ 1.3× faster than masked execution at equal outputs.
 """
@@ -37,7 +39,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="deit_s")
-    p.add_argument("--method", default="ats", choices=["ats", "avit"])
+    p.add_argument("--method", default="ats", choices=["ats", "avit", "adavit"])
     p.add_argument("--gamma", type=float, default=None)
     p.add_argument("--beta", type=float, default=None)
     p.add_argument("--images", default=str(SAMPLE))

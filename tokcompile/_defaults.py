@@ -20,6 +20,12 @@ EVIT_FUSE = True
 TOME_R = 13
 TOME_PROP_ATTN = True
 
+# AdaViT (methods-reference.md §5.1): sigmoid thresholds; head/layer gates from block 1 on.
+ADAVIT_TOKEN_THRESHOLD = 0.6
+ADAVIT_HEAD_THRESHOLD = 0.5
+ADAVIT_LAYER_THRESHOLD = 0.5
+ADAVIT_KEEP_LAYERS = 1
+
 # eval
 EVAL_BATCH = 16
 EVAL_RANDOM_IMAGES = 32  # images drawn when no folder is given
@@ -38,6 +44,13 @@ BENCH_WARMUP = 3
 ONNX_DOMAIN = "tokcompile"  # custom ONNX nodes and their functions
 PLUGIN_NAMESPACE = "tokcompile"
 PLUGIN_VERSION = "1"
+# --plugins: which token-op nodes carry the plugin attributes (ops/_lowering.py). auto: only ops
+# without an exact native lowering (AtsSample); native TensorRT layers everywhere else.
+PLUGINS = "auto"
+PLUGIN_LIBRARY = "libtokcompile_plugins.so"  # self-registering build of plugins/ (CMakeLists.txt)
+
+# export-triton: max_batch_size of ONNX models (TensorRT models take it from their profiles)
+TRITON_MAX_BATCH = 16
 
 # staged (per-image token count) bundles
 PROFILE = "cpu-x86-2core"  # shipped, measured on the project's 2-core x86 machines
@@ -45,3 +58,10 @@ MAX_BUCKETS = 4
 BUCKET_BATCH = 16  # batch size bucket selection optimises for
 CALIB_IMAGES = 64
 CALIB_GMACS_IMAGES = 4
+
+# TensorRT engines (backends/tensorrt.py): every profile takes batch [1, TRT_MAX_BATCH] and is
+# optimised for BUCKET_BATCH; the catch-all profile takes token counts [TRT_FALLBACK_MIN_TOKENS, all].
+TRT_MAX_BATCH = 64
+TRT_FALLBACK_MIN_TOKENS = 1
+TRT_CACHE_DIR = "~/.cache/tokcompile"  # timing-<gpu>-<sm>-trt<version>.cache
+PLUGIN_LIB_ENV = "TOKCOMPILE_PLUGIN_LIB"  # default --plugin-lib; else build/PLUGIN_LIBRARY in the repo

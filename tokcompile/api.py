@@ -17,7 +17,7 @@ from .errors import TokcompileError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt", "auto")
 MODEL_FILE = "model.onnx"
 TWIN_FILE = "model.fp32.onnx"
 REPORT_FILE = "report.md"
@@ -53,10 +53,12 @@ def _fingerprint(model: str, weights: dict[str, Any], method: str, params: Any, 
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _export_model(gm: Any, spec: Any, directory: Path, prefix: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Export ``gm`` as one file (``<prefix>.onnx``) or, when split, one file per stage.
-
-    Returns manifest stage entries and model output name → value name.
+def _export_model(
+    gm: Any, spec: Any, directory: Path, prefix: str, plugins: Optional[str] = None
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Export ``gm`` as one file (``<prefix>.onnx``) or, when split, one file per stage, with the
+    ``plugins`` lowering (on|off|auto). Returns manifest stage entries and model output name →
+    value name.
     """
     from .export.onnx import onnx_from_graph_module
     from .export.stages import cut_stages, export_stages
@@ -64,11 +66,11 @@ def _export_model(gm: Any, spec: Any, directory: Path, prefix: str) -> tuple[lis
 
     names = named_outputs(gm)
     if not any("tokcompile.stage" in n.meta and n.meta["tokcompile.stage"] > 0 for n in gm.graph.nodes):
-        facts = onnx_from_graph_module(gm, spec.input_shape, directory / f"{prefix}.onnx", names)
+        facts = onnx_from_graph_module(gm, spec.input_shape, directory / f"{prefix}.onnx", names, plugins=plugins)
         entry = {"index": 0, "name": "main", "file": f"{prefix}.onnx", **facts, "values_in": facts["inputs"]}
         return [entry], {n: n for n in names}
     stages, final = cut_stages(gm)
-    entries = export_stages(gm, stages, spec.input_shape, directory, prefix)
+    entries = export_stages(gm, stages, spec.input_shape, directory, prefix, plugins=plugins)
     for entry, stage in zip(entries, stages):
         entry["values_in"] = stage.inputs
     return entries, final
@@ -114,6 +116,10 @@ def build(
     max_buckets: Optional[int] = None,
     calib: Optional[str | Path] = None,
     profile: Optional[str] = None,
+    plugins: Optional[str] = None,
+    plugin_lib: Optional[str | Path] = None,
+    timing_cache: Optional[str | Path] = None,
+    max_batch: Optional[int] = None,
     **params: Any,
 ) -> BuildResult:
     """Build a bundle. ``params`` are the method's (e.g. keep_rate=0.7, layers=(3, 6, 9), fuse=True);
@@ -121,14 +127,24 @@ def build(
     For methods with per-image token counts (staged bundles): ``buckets`` is ``"auto"`` (chosen
     from ``profile``'s latency curve and the counts seen on ``calib`` images, at most
     ``max_buckets`` per stage) or a list of token counts used for every stage.
+    ``plugins`` (on|off|auto, default auto) picks the token-op nodes that TensorRT runs as
+    plugins instead of native layers (ops/_lowering.py); it is recorded as ``manifest["lowering"]``.
+    ``backend``: onnxruntime (default), tensorrt (one engine per stage file, next to the ONNX
+    files; ``plugin_lib``, ``timing_cache``, ``max_batch`` apply) or auto (TensorRT when it
+    imports and a GPU is visible, else ONNX Runtime).
 
     Returns the bundle path and its manifest. Raises TokcompileError for user mistakes; on
     any failure nothing is left at ``output``.
     """
     from .backends import onnxruntime as ort_backend
+    from .backends import tensorrt as trt_backend
     from .methods import apply_method, get_method, resolve_config
     from .models import create_model
     from .models.flops import count_gmacs
+    from .ops import TOKEN_OPS
+    from .ops._lowering import check_backend as check_plugin_backend
+    from .ops._lowering import check_mode as check_plugin_mode
+    from .ops._lowering import lowering_summary
     from .passes.cast_precision import precision_dtype
     from .runtime import bundle as bundle_io
     from .runtime.calibrate import calibrate, plan_calibration
@@ -141,13 +157,17 @@ def build(
     precision_dtype(precision)
     if backend not in BACKENDS:
         raise TokcompileError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    plugins = check_plugin_mode(plugins)
+    backend, plugin_path = trt_backend.resolve_backend(backend, plugin_lib, timing_cache, max_batch)
     m = get_method(method_name)
     model_kwargs = dict(model_kwargs or {})
     torch_model, spec, weights_record = create_model(model, weights=weights, seed=seed, **model_kwargs)
     config = resolve_config(m, spec, params)
     method_params = config.params() if config is not None else {}
     out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
-    fingerprint = _fingerprint(spec.name, weights_record, m.name, [method_params, model_kwargs], precision, backend)
+    fingerprint = _fingerprint(
+        spec.name, weights_record, m.name, [method_params, model_kwargs, {"plugins": plugins}], precision, backend
+    )
     bundle_io.check_output(out, fingerprint, force)
 
     staged_flags = {"--buckets": buckets, "--max-buckets": max_buckets, "--calib": calib, "--profile": profile}
@@ -160,10 +180,13 @@ def build(
     if "notice" in weights_record:  # every input is valid now: say it once, prominently
         logger.warning("%s", weights_record.pop("notice"))
     gm, info = apply_method(torch_model, spec, m, config, precision)
+    for warning in info.get("method_warnings", []):
+        logger.warning("WARNING: %s", warning)
+    check_plugin_backend(plugins, backend, {TOKEN_OPS[n.target] for n in gm.graph.nodes if n.target in TOKEN_OPS})
     staged = info.get("stages", 1) > 1
     gmacs_dense = count_gmacs(torch_model, spec.input_shape)
     with bundle_io.staging_dir(out) as tmp:
-        stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model")
+        stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model", plugins)
         files = [s["file"] for s in stages]
         for s in stages:
             s["onnxruntime_file"], s["onnxruntime_precision"] = s["file"], precision
@@ -178,7 +201,7 @@ def build(
                 reason,
                 precision,
             )
-            twins, _ = _export_model(reduced_fp32, spec, tmp, "stage_fp32_" if staged else "model.fp32")
+            twins, _ = _export_model(reduced_fp32, spec, tmp, "stage_fp32_" if staged else "model.fp32", plugins)
             for s, t in zip(stages, twins):
                 s.update(onnxruntime_file=t["file"], onnxruntime_precision="fp32", onnxruntime_note=reason)
             files += [t["file"] for t in twins]
@@ -189,6 +212,10 @@ def build(
         else:
             gmacs = count_gmacs(reduced_fp32, spec.input_shape) if m.pipeline else gmacs_dense
             tokens = info["tokens"]
+        trt_block = None
+        if backend == "tensorrt":  # after calibration: the profiles follow each stage's buckets
+            engines, trt_block = trt_backend.build(tmp, stages, spec.num_tokens, plugin_path, timing_cache, max_batch)
+            files += engines
         manifest: dict[str, Any] = {
             "format": bundle_io.FORMAT,
             "format_version": bundle_io.FORMAT_VERSION,
@@ -208,9 +235,14 @@ def build(
                 "grid": list(spec.grid),
             },
             "weights": weights_record,
-            "method": {"name": m.name, "params": method_params},
+            "method": {
+                "name": m.name,
+                "params": method_params,
+                **({"warnings": info["method_warnings"]} if info.get("method_warnings") else {}),
+            },
             "precision": precision,
             "backend": backend,
+            "lowering": lowering_summary(plugins, stages),
             "tokens": tokens,
             "gmacs": {
                 "reduced": round(gmacs, 4),
@@ -221,6 +253,9 @@ def build(
             "final_outputs": final,
             "versions": _versions(),
         }
+        if trt_block is not None:
+            manifest["tensorrt"] = trt_block
+            manifest["versions"]["tensorrt"] = trt_block["version"]
         write_report(tmp / REPORT_FILE, manifest)
         files.append(REPORT_FILE)
         manifest["build_seconds"] = round(time.perf_counter() - start, 1)

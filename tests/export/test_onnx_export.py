@@ -100,8 +100,9 @@ def test_deit_evit_select_attributes(deit_fused: Exported) -> None:
     attrs = [_attrs(n) for n in deit_fused.evit_nodes()]
     assert [a["k"] for a in attrs] == [138, 98, 70]
     for a in attrs:
-        assert a["num_prefix"] == 1 and a["fuse"] == 1
-        assert a["plugin_namespace"] == "tokcompile" and a["plugin_version"] == "1"
+        # --plugins auto (default): EViT's count follows from shapes, so its nodes lower natively
+        # (no plugin attributes; tests/export/test_plugins_lowering.py covers on/off).
+        assert a == {"k": a["k"], "num_prefix": 1, "fuse": 1}
 
 
 def test_deit_model_local_function(deit_fused: Exported) -> None:

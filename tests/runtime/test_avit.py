@@ -10,6 +10,7 @@ import tokcompile
 from tokcompile import TokcompileError
 from tokcompile.methods import get_method, resolve_config
 from tokcompile.ops.compact_tokens import compact_tokens, compact_tokens_reference
+from tokcompile.runtime.staged import fit_tokens
 
 GAMMA, BETA = 10.0, 3.0  # random weights: channel 0 ~ N(0, 1), so tokens halt after a few blocks
 
@@ -68,6 +69,25 @@ def test_batch_equals_official_masked_form_and_each_image_alone(avit_bundle, mod
         alone = runner.run(x[b : b + 1])
         assert np.abs(alone["logits"][0] - got["logits"][b]).max() <= 1e-5
         assert [int(alone[f"count_{i}"][0]) for i in range(spec.depth - 1)] == counts[b].tolist()
+
+
+def test_split_batches_give_the_same_outputs(avit_bundle, models):
+    """Splitting a batch by count at boundaries changes the buckets run, never an output."""
+    runner = tokcompile.load(avit_bundle)
+    x = np.random.default_rng(1).standard_normal((8, 3, 160, 160), dtype=np.float32)
+    split = runner.run(x)
+    runner.engine.split_overhead = 1.0  # split whenever it saves a slot
+    finer = runner.run(x)
+    runner.engine.split_overhead = None
+    whole = runner.run(x)
+    assert sum(sum(c.values()) for c in runner.engine.stats.buckets.values()) > 3 * (len(runner.manifest["stages"]) - 1)
+    for got in (split, finer):
+        assert got.keys() == whole.keys()
+        assert np.abs(got["logits"] - whole["logits"]).max() <= 1e-5
+        for name in (n for n in whole if n.startswith(("count_", "kept_ids_"))):
+            width = max(got[name].shape[-1], whole[name].shape[-1]) if got[name].ndim > 1 else None
+            a, b = (v if width is None else fit_tokens(v, width) for v in (got[name], whole[name]))
+            assert np.array_equal(a, b), name
 
 
 def test_avit_compare_and_stages(avit_bundle):

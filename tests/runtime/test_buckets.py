@@ -13,6 +13,7 @@ from tokcompile.runtime.buckets import (
     even_buckets,
     expected_latency,
     pick_bucket,
+    split_by_count,
     step_ends,
     validate_buckets,
 )
@@ -90,3 +91,34 @@ def test_bad_inputs():
         choose_buckets([70], 64, staircase())
     with pytest.raises(TokcompileError, match="--max-buckets"):
         choose_buckets([5], 64, staircase(), max_buckets=0)
+
+
+def test_split_by_count_isolates_a_heavy_tail():
+    counts = [20] * 15 + [190]
+    groups = split_by_count(counts, [], overhead=197)
+    assert [sorted(g.tolist()) for g in groups] == [list(range(15)), [15]]
+    assert [g.tolist() for g in split_by_count([50] * 16, [], overhead=197)] == [list(range(16))]
+    assert len(split_by_count(counts, [], overhead=1e9)) == 1  # splitting never pays
+
+
+def test_split_by_count_is_optimal():
+    """Exact: no contiguous split of the sorted counts costs less (brute force over cut sets)."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        counts = rng.integers(1, 100, size=7).tolist()
+        buckets, overhead = [16, 48, 100], float(rng.integers(1, 150))
+
+        def cost(groups, counts=counts, buckets=buckets, overhead=overhead):
+            return sum(len(g) * pick_bucket(max(counts[i] for i in g), buckets) + overhead for g in groups)
+
+        got = split_by_count(counts, buckets, overhead)
+        assert sorted(i for g in got for i in g.tolist()) == list(range(7))
+        order = sorted(range(7), key=lambda i: counts[i])
+        best = min(
+            cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, 7))])
+            for r in range(7)
+            for cuts in itertools.combinations(range(1, 7), r)
+        )
+        assert cost([g.tolist() for g in got]) == pytest.approx(best)

@@ -5,6 +5,8 @@ Example:
   tokcompile build deit_t --method evit --keep-rate 0.5 --no-fuse --weights w.safetensors -o out/
   tokcompile build deit_s --method tome --r 16:-1                    # ToMe, (r, inflection) schedule
   tokcompile build deit_s --method ats --calib ../shared/imagenet-sample   # staged, auto buckets
+  tokcompile build deit_s --method adavit --weights ada_step_deit_small.pth  # official AdaViT checkpoint
+  tokcompile build deit_s --method ats --backend tensorrt --plugin-lib build/libtokcompile_plugins.so
 """
 
 from __future__ import annotations
@@ -33,7 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="extra timm.create_model argument, repeatable (e.g. qk_norm=True)",
     )
     p.add_argument("-o", "--output", default=None, help="bundle directory (default ./MODEL-METHOD-PRECISION)")
-    p.add_argument("--backend", default=None, help="onnxruntime (default)")
+    p.add_argument(
+        "--backend",
+        default=None,
+        help="onnxruntime (default) | tensorrt (engines per stage; needs TensorRT and a GPU) | auto "
+        "(tensorrt when available, else onnxruntime)",
+    )
+    p.add_argument(
+        "--plugins",
+        default=None,
+        help="on | off | auto (default): token ops TensorRT runs as plugins; auto uses a plugin only where "
+        "no native lowering exists (ATS), off none (function bodies only), on every op that has one",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing, different bundle at --output")
     evit = p.add_argument_group("evit")
     evit.add_argument(
@@ -54,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     avit.add_argument(
         "--beta", type=float, default=None, help="halting gate center β (default per model: 30 tiny, 75 small)"
     )
+    adavit = p.add_argument_group("adavit (per-image head, sub-layer and token skipping: staged bundles)")
+    adavit.add_argument("--token-threshold", type=float, default=None, help="keep a token when sigmoid > this (0.6)")
+    adavit.add_argument("--head-threshold", type=float, default=None, help="keep a head when sigmoid > this (0.5)")
+    adavit.add_argument("--layer-threshold", type=float, default=None, help="run a sub-layer when sigmoid > this (0.5)")
+    adavit.add_argument(
+        "--keep-layers", type=int, default=None, help="blocks before this one have no head/sub-layer gates (1)"
+    )
     staged = p.add_argument_group("staged bundles")
     staged.add_argument("--buckets", default=None, help="auto (default) or token counts for every stage, e.g. 64,128")
     staged.add_argument(
@@ -65,6 +85,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     staged.add_argument(
         "--profile", default=None, help="hardware profile name or YAML for --buckets auto (default cpu-x86-2core)"
     )
+    trt = p.add_argument_group("tensorrt (--backend tensorrt or auto)")
+    trt.add_argument(
+        "--plugin-lib",
+        default=None,
+        help="TensorRT plugin library (default: $TOKCOMPILE_PLUGIN_LIB, else build/libtokcompile_plugins.so if built)",
+    )
+    trt.add_argument(
+        "--timing-cache",
+        default=None,
+        help="TensorRT timing cache, read and updated (default: one per GPU and TensorRT version "
+        "under ~/.cache/tokcompile)",
+    )
+    trt.add_argument("--max-batch", type=int, default=None, help="largest batch the engines take (default 64)")
     tome = p.add_argument_group("tome")
     tome.add_argument(
         "--r",
@@ -105,10 +138,18 @@ def run(args: argparse.Namespace) -> bool:
         max_tokens=args.max_tokens,
         gamma=args.gamma,
         beta=args.beta,
+        token_threshold=args.token_threshold,
+        head_threshold=args.head_threshold,
+        layer_threshold=args.layer_threshold,
+        keep_layers=args.keep_layers,
         buckets=args.buckets,
         max_buckets=args.max_buckets,
         calib=args.calib,
         profile=args.profile,
+        plugins=args.plugins,
+        plugin_lib=args.plugin_lib,
+        timing_cache=args.timing_cache,
+        max_batch=args.max_batch,
     )
     m = result.manifest
     g = m["gmacs"]
@@ -117,6 +158,9 @@ def run(args: argparse.Namespace) -> bool:
     print(f"GMACs: {g['reduced']:.3f} (dense {g['dense']:.3f}, ideal speed-up {g['ideal_speedup']:.3f}x)")
     for b in m["tokens"].get("boundaries", []):
         print(f"stage {b['stage']}: tokens mean {b['mean']} (min {b['min']}, max {b['max']}), buckets {b['buckets']}")
+    if "tensorrt" in m:
+        t = m["tensorrt"]
+        print(f"TensorRT {t['version']} on {t['gpu']} ({t['compute_capability']}): {len(m['stages'])} engine(s)")
     if m["weights"]["source"] == "random":
         print("WARNING: built with RANDOM weights; pass --weights PATH for a meaningful model")
     return True

@@ -10,6 +10,7 @@ Commands:
   sweep    build + evaluate one bundle per parameter value; CSV, table, Pareto plot
   show     draw the patches each reduction layer kept or merged, on one image
   profile  measure a hardware profile: latency of one block vs token count
+  export-triton  bundle → Triton Inference Server model repository
 
 Every command ends with one line: PASSED or FAILED and the time it took. User mistakes print
 one line 'tokcompile: error: ...' and exit with code 1.
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 from ..errors import TokcompileError
-from . import bench, build, compare, inspect, list_cmd, profile, show, sweep
+from . import bench, build, compare, export_triton, inspect, list_cmd, profile, show, sweep
 from . import eval as eval_cmd
 
 COMMANDS = {
@@ -38,6 +39,7 @@ COMMANDS = {
     "sweep": sweep,
     "show": show,
     "profile": profile,
+    "export-triton": export_triton,
 }
 
 

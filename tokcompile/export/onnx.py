@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -21,6 +22,8 @@ import torch.fx as fx
 
 from .. import _defaults
 from ..ops import ONNX_DOMAIN, TOKEN_OPS
+from ..ops._lowering import PLUGIN_ATTRIBUTES, plugin_lowering
+from ..passes._tokens import PRIMARY_DIM, dim_name
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,18 @@ def _attach_functions(model: onnx.ModelProto, opset: int) -> list[str]:
     return used
 
 
+def lowering_counts(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """Token-op nodes of the main graph by op type: (with plugin attributes, without them)."""
+    plugin: dict[str, int] = {}
+    native: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.domain == ONNX_DOMAIN:
+            routed = any(a.name in PLUGIN_ATTRIBUTES for a in node.attribute)
+            counts = plugin if routed else native
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(plugin.items())), dict(sorted(native.items()))
+
+
 def _cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnx_graphsurgeon as gs
 
@@ -71,7 +86,7 @@ class GraphInput:
 
     name: str
     example: torch.Tensor
-    token_dim: bool = False
+    token_dim: bool | str = False  # True or a dimension name ("tokens", "heads", ...): dim 1 is dynamic
 
 
 def onnx_from_graph_module(
@@ -81,21 +96,27 @@ def onnx_from_graph_module(
     output_names: Sequence[str],
     opset: int | None = None,
     inputs: Sequence[GraphInput] | None = None,
+    plugins: str | None = None,
 ) -> dict:
     """Export ``gm`` to ``path``; the batch dimension of every input is dynamic.
 
     By default the graph takes ``images`` [B, *input_shape] float32. A stage of a staged model
     passes ``inputs`` instead; those marked ``token_dim`` get a dynamic token dimension too, so
-    one file serves every bucket. Returns facts for the manifest.
+    one file serves every bucket. ``plugins`` (on|off|auto, default auto) chooses which token-op
+    nodes carry the TensorRT plugin attributes (ops/_lowering.py). Returns facts for the manifest.
     """
     opset = opset or _defaults.ONNX_OPSET
     module = _export_form(gm).eval()
     if inputs is None:
         inputs = [GraphInput(INPUT_NAME, torch.zeros(2, *input_shape))]
     batch = torch.export.Dim("batch", min=1, max=4096)
-    tokens = torch.export.Dim("tokens", min=2, max=65536)
-    dynamic = tuple({0: batch, 1: tokens} if i.token_dim else {0: batch} for i in inputs)
-    with warnings.catch_warnings():
+    dims: dict[str, Any] = {}
+    for i in inputs:
+        if i.token_dim:
+            name = dim_name(i.token_dim)  # the primary token dim starts at 2 (CLS + one token)
+            dims.setdefault(name, torch.export.Dim(name, min=2 if name == PRIMARY_DIM else 1, max=65536))
+    dynamic = tuple({0: batch, 1: dims[dim_name(i.token_dim)]} if i.token_dim else {0: batch} for i in inputs)
+    with plugin_lowering(plugins), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -120,9 +141,15 @@ def onnx_from_graph_module(
         raise RuntimeError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
+    plugin_nodes, native_nodes = lowering_counts(model)
     return {
         "opset": opset,
         "custom_nodes": custom,
+        "plugin_nodes": plugin_nodes,
+        "native_nodes": native_nodes,
+        "input_types": {
+            v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower() for v in model.graph.input
+        },
         "inputs": [i.name for i in inputs],
         "token_inputs": [i.name for i in inputs if i.token_dim],
         "outputs": list(output_names),

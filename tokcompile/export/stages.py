@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from ..passes._outputs import named_outputs, output_node
-from ..passes._tokens import TOKEN_DIM_KEY
+from ..passes._tokens import COUNT_DIM_KEY, PRIMARY_DIM, TOKEN_DIM_KEY, dim_name
 from ..passes.insert_evit_select import TOKEN_OP_KEY
 from ..passes.split_stages import STAGE_KEY
 from .onnx import INPUT_NAME, GraphInput, onnx_from_graph_module
@@ -32,6 +32,10 @@ class Stage:
     outputs: list[str]
     token_values: list[str]  # inputs/outputs whose dim 1 is the token dimension
     count: str | None = None  # output holding the per-image token count that ends this stage
+    # every dynamic-dim value: name → dim ("tokens", or an extra dim such as AdaViT's "heads")
+    value_dims: dict[str, str] = field(default_factory=dict)
+    # extra data-dependent dims this stage ends with: {"name", "count", "values"}; cut exactly
+    extra_dims: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,20 +79,34 @@ def cut_stages(gm: fx.GraphModule) -> tuple[list[Stage], dict[str, str]]:
         produced = [n for n in own if needed_later.get(n, -1) > k]
         graph.output(tuple(env[n] for n in produced))
         module = fx.GraphModule(gm, graph, class_name=f"Stage{k}")
-        token_values = [
-            n.name for n in (*produced, *(p for p in nodes if p.name in inputs)) if n.meta.get(TOKEN_DIM_KEY)
-        ]
-        counts = [
-            n for n in produced if n.target is operator.getitem and n.args[1] == 1 and TOKEN_OP_KEY in n.args[0].meta
-        ]
+        dims = {
+            n.name: dim_name(n.meta[TOKEN_DIM_KEY])
+            for n in (*produced, *(p for p in nodes if p.name in inputs))
+            if n.meta.get(TOKEN_DIM_KEY)
+        }
+        counts = {
+            dim_name(n.args[0].meta.get(COUNT_DIM_KEY)): n.name
+            for n in produced
+            if n.target is operator.getitem
+            and n.args[1] == 1
+            and (TOKEN_OP_KEY in n.args[0].meta or COUNT_DIM_KEY in n.args[0].meta)
+        }
+        last = k == count - 1
+        outputs = [n.name for n in produced]
         stages.append(
             Stage(
                 k,
                 module,
                 inputs,
-                [n.name for n in produced],
-                sorted(set(token_values)),
-                counts[0].name if counts and k < count - 1 else None,
+                outputs,
+                sorted(name for name, d in dims.items() if d == PRIMARY_DIM),
+                counts.get(PRIMARY_DIM) if not last else None,
+                value_dims=dims,
+                extra_dims=[
+                    {"name": d, "count": c, "values": sorted(v for v, vd in dims.items() if vd == d and v in outputs)}
+                    for d, c in sorted(counts.items())
+                    if d != PRIMARY_DIM and not last
+                ],
             )
         )
     return stages, final
@@ -110,21 +128,32 @@ def stage_examples(gm: fx.GraphModule, images: torch.Tensor) -> dict[str, torch.
 
 
 def export_stages(
-    gm: fx.GraphModule, stages: list[Stage], input_shape: tuple[int, ...], directory: Path, prefix: str = "stage"
+    gm: fx.GraphModule,
+    stages: list[Stage],
+    input_shape: tuple[int, ...],
+    directory: Path,
+    prefix: str = "stage",
+    plugins: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Export every stage to ``directory/<prefix><k>.onnx``; returns manifest entries."""
+    """Export every stage to ``directory/<prefix><k>.onnx`` (``plugins``: on|off|auto, see
+    ``onnx_from_graph_module``); returns manifest entries."""
     examples = stage_examples(gm, torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)))
     entries = []
     for stage in stages:
         inputs = [
             GraphInput(
-                INPUT_NAME if name == "x" and stage.index == 0 else name, examples[name], name in stage.token_values
+                INPUT_NAME if name == "x" and stage.index == 0 else name,
+                examples[name],
+                stage.value_dims.get(name, False),
             )
             for name in stage.inputs
         ]
         file = f"{prefix}{stage.index}.onnx"
-        facts = onnx_from_graph_module(stage.module, input_shape, directory / file, stage.outputs, inputs=inputs)
+        facts = onnx_from_graph_module(
+            stage.module, input_shape, directory / file, stage.outputs, inputs=inputs, plugins=plugins
+        )
         entries.append(
             {"index": stage.index, "file": file, **facts, "token_values": stage.token_values, "count": stage.count}
+            | ({"extra_dims": stage.extra_dims} if stage.extra_dims else {})
         )
     return entries

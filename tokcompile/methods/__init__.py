@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TokcompileError
-from . import ats, avit, evit, tome
+from . import adavit, ats, avit, evit, tome
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,13 @@ METHODS: dict[str, Method] = {
         "A-ViT: adaptive per-token halting; halted tokens removed; staged, bucketed execution (CVPR'22)",
         avit.AvitConfig,
         avit.PIPELINE,
+        staged=True,
+    ),
+    "adavit": Method(
+        "adavit",
+        "AdaViT: per-image head, sub-layer and token skipping by decision heads; staged, bucketed (CVPR'22)",
+        adavit.AdavitConfig,
+        adavit.PIPELINE,
         staged=True,
     ),
 }

@@ -13,7 +13,15 @@ import torch
 from .. import _defaults
 from ..errors import TokcompileError
 from .aliases import ALIASES, resolve_model_name, vit_model_names
-from .weights import file_sha256, hub_reachable, load_state_dict_strict, read_checkpoint, state_digest
+from .tracing import METHOD_STATE_ATTR
+from .weights import (
+    file_sha256,
+    hub_reachable,
+    load_state_dict_strict,
+    read_checkpoint,
+    split_method_state,
+    state_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +141,16 @@ def create_model(
             raise TokcompileError(
                 f"--weights must be auto, pretrained, random or a checkpoint path; '{weights}' is none of these"
             )
-        state = read_checkpoint(path)
+        state, method_state = split_method_state(read_checkpoint(path))
         model = _timm_model(timm_name, False, timm_kwargs)
         load_state_dict_strict(model, state, str(path))
         record = {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
+        if method_state:  # read by the method's pass through the captured graph (AdaViT decision heads)
+            setattr(model, METHOD_STATE_ATTR, method_state)
+            record["method_tensors"] = len(method_state)
     model.eval()
     spec = spec_of(model, timm_name)
-    record["digest"] = state_digest(model)
+    record["digest"] = state_digest(model, getattr(model, METHOD_STATE_ATTR, None))
     if notice:
         record["notice"] = notice
     return model, spec, record

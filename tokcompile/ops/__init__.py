@@ -24,6 +24,15 @@ class TokenOp:
     onnx_name: str  # node op_type in domain ONNX_DOMAIN, also the TensorRT plugin name
     onnx_symbolic: Callable  # traced at export: emits the node via torch.onnx.ops.symbolic*
     onnx_function: Callable[[int], object]  # opset -> onnxscript function (the body)
+    plugin: bool = False  # a TensorRT plugin of the same name exists (plugins/<name>Plugin/)
+    native: bool = True  # the body runs as specified on TensorRT layers (--plugins auto prefers it)
+
+
+def _token_op(module: object, op: object) -> TokenOp:
+    """The registry entry of an op module (its ONNX_NAME, onnx_symbolic, onnx_function, PLUGIN, NATIVE)."""
+    m: object = module
+    plugin, native = bool(getattr(m, "PLUGIN", False)), bool(getattr(m, "NATIVE", True))
+    return TokenOp(op, m.ONNX_NAME, m.onnx_symbolic, m.onnx_function, plugin=plugin, native=native)  # type: ignore[attr-defined]
 
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
@@ -31,11 +40,12 @@ ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 TOKEN_OPS: dict[object, TokenOp] = {
     op.op: op
     for op in (
-        TokenOp(
-            _evit_select.evit_select, _evit_select.ONNX_NAME, _evit_select.onnx_symbolic, _evit_select.onnx_function
-        ),
-        TokenOp(_tome_merge.tome_merge, _tome_merge.ONNX_NAME, _tome_merge.onnx_symbolic, _tome_merge.onnx_function),
-        TokenOp(_ats_sample.ats_sample, _ats_sample.ONNX_NAME, _ats_sample.onnx_symbolic, _ats_sample.onnx_function),
-        TokenOp(_compact.compact_tokens, _compact.ONNX_NAME, _compact.onnx_symbolic, _compact.onnx_function),
+        _token_op(_evit_select, _evit_select.evit_select),
+        _token_op(_tome_merge, _tome_merge.tome_merge),
+        _token_op(_ats_sample, _ats_sample.ats_sample),
+        _token_op(_compact, _compact.compact_tokens),
     )
 }
+
+# ONNX names of the ops that have a TensorRT plugin (the only nodes --plugins can route to one).
+PLUGIN_OPS: frozenset[str] = frozenset(t.onnx_name for t in TOKEN_OPS.values() if t.plugin)

@@ -80,9 +80,12 @@ from onnxscript import opset18 as op
 
 from .. import _defaults
 from ..errors import TokcompileError
+from ._lowering import plugin_attributes
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "AtsSample"
+PLUGIN = True  # plugins/atsSamplePlugin (IPluginV3 AtsSample)
+NATIVE = False  # the body accumulates in float64, which TensorRT lacks: --plugins auto uses the plugin
 
 
 def sample_count(n_ref: int, budget: int | None = None) -> int:
@@ -223,7 +226,8 @@ ats_sample = torch.ops.tokcompile.ats_sample.default
 # GatherElements, ReduceMin, Range, Sub, Abs, ArgMin (select_last_index=0), and for the unique
 # picks ScatterElements without reduction (a picked-slot mask, then the compaction) with CumSum
 # for the output positions.
-# The TensorRT ONNX parser inlines the body unless a plugin named AtsSample is registered.
+# The TensorRT ONNX parser inlines the body unless the node carries the plugin attributes
+# (--plugins on|auto, ops/_lowering.py) and a plugin AtsSample is registered in that namespace.
 
 
 def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
@@ -322,8 +326,7 @@ def onnx_symbolic(
         [attn.float(), v, valid],
         {
             "num_samples": int(num_samples),
-            "plugin_namespace": _defaults.PLUGIN_NAMESPACE,
-            "plugin_version": _defaults.PLUGIN_VERSION,
+            **plugin_attributes(PLUGIN, NATIVE),
         },
         dtypes=[torch.int64, torch.int64],
         shapes=[[B, n], [B]],

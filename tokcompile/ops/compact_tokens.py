@@ -20,9 +20,12 @@ from onnxscript import opset18 as op
 
 from .. import _defaults
 from ..errors import TokcompileError
+from ._lowering import plugin_attributes
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "CompactTokens"
+PLUGIN = False  # no TensorRT plugin: the node never carries plugin attributes
+NATIVE = True  # the body (TopK on unique keys) is its only lowering
 
 
 def compact_tokens_reference(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +71,7 @@ def onnx_symbolic(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, count = torch.onnx.ops.symbolic_multi_out(
         f"{ONNX_DOMAIN}::{ONNX_NAME}",
         [keep],
-        {"plugin_namespace": _defaults.PLUGIN_NAMESPACE, "plugin_version": _defaults.PLUGIN_VERSION},
+        plugin_attributes(PLUGIN, NATIVE),
         dtypes=[torch.int64, torch.int64],
         shapes=[list(keep.shape), [keep.shape[0]]],
         version=1,

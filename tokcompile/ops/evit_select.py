@@ -26,9 +26,12 @@ from onnxscript import opset18 as op
 
 from .. import _defaults
 from ..errors import TokcompileError
+from ._lowering import plugin_attributes
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "EvitSelect"
+PLUGIN = True  # plugins/evitSelectPlugin (IPluginV3 EvitSelect)
+NATIVE = True  # k follows from shapes: the body lowers to TensorRT layers (--plugins auto uses it)
 
 
 def keep_count(keep_rate: float, num_tokens: int, num_prefix: int) -> int:
@@ -84,7 +87,8 @@ evit_select = torch.ops.tokcompile.evit_select.default
 # ---------------------------------------------------------------------------------------------
 # ONNX: one node EvitSelect(x, attn) in domain "tokcompile" calling a model-local function whose
 # body is plain ONNX (TopK, GatherElements, ScatterElements without reduction, MatMul, Concat).
-# The TensorRT ONNX parser inlines the body unless a plugin named EvitSelect is registered.
+# The TensorRT ONNX parser inlines the body unless the node carries the plugin attributes
+# (--plugins on, ops/_lowering.py) and a plugin EvitSelect is registered in that namespace.
 
 
 def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
@@ -135,8 +139,7 @@ def onnx_symbolic(
             "k": k,
             "num_prefix": num_prefix,
             "fuse": int(fuse),
-            "plugin_namespace": _defaults.PLUGIN_NAMESPACE,
-            "plugin_version": _defaults.PLUGIN_VERSION,
+            **plugin_attributes(PLUGIN, NATIVE),
         },
         dtypes=[x.dtype, torch.int64],
         shapes=[[B, num_prefix + k + int(fuse), C], [B, k]],

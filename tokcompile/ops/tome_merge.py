@@ -50,9 +50,12 @@ from onnxscript import opset18 as op
 
 from .. import _defaults
 from ..errors import TokcompileError
+from ._lowering import plugin_attributes
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "TomeMerge"
+PLUGIN = False  # no TensorRT plugin: the node never carries plugin attributes
+NATIVE = True  # r' follows from shapes: the body lowers to TensorRT layers
 
 
 def merge_count(r: int, num_tokens: int, num_prefix: int) -> int:
@@ -240,8 +243,7 @@ def onnx_symbolic(
         {
             "r": r,
             "num_prefix": num_prefix,
-            "plugin_namespace": _defaults.PLUGIN_NAMESPACE,
-            "plugin_version": _defaults.PLUGIN_VERSION,
+            **plugin_attributes(PLUGIN, NATIVE),
         },
         dtypes=[x.dtype, torch.float32, torch.int64],
         shapes=[[B, N - r, C], [B, N - r, 1], [B, N]],

@@ -10,6 +10,16 @@ from ..models.tracing import BlockNodes
 
 TOKEN_DIM_KEY = "tokcompile.token_dim"  # tensors whose dim 1 is the (padded) token dimension
 BOUNDARY_KEY = "tokcompile.boundary"  # nodes that end a stage: a data-dependent token count is known
+# A compaction op's dimension: "tokens" (the bucketed token count, the default), or another
+# data-dependent dim a stage boundary also cuts (AdaViT: "heads", "mlp_tokens"). Tensors carry
+# the same name in TOKEN_DIM_KEY (True means "tokens").
+COUNT_DIM_KEY = "tokcompile.count_dim"
+PRIMARY_DIM = "tokens"
+
+
+def dim_name(meta_value: object) -> str:
+    """The dimension name a TOKEN_DIM_KEY / COUNT_DIM_KEY meta value stands for."""
+    return meta_value if isinstance(meta_value, str) else PRIMARY_DIM
 
 
 @torch.fx.wrap

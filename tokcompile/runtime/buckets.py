@@ -132,3 +132,30 @@ def choose_buckets(
 def even_buckets(max_tokens: int, k: int, low: int = 1) -> tuple[int, ...]:
     """``k`` evenly spaced buckets ending at ``max_tokens`` (a baseline for comparison)."""
     return tuple(sorted({int(round(low + (max_tokens - low) * (i + 1) / k)) for i in range(k)}))
+
+
+def split_by_count(counts: Sequence[int], buckets: Sequence[int], overhead: float) -> list[np.ndarray]:
+    """Split a batch at a boundary into sub-batches of similar counts, each run on its own bucket.
+
+    One slow image would otherwise set the bucket of the whole batch (A-ViT's heavy-tailed halting
+    counts). Cost of a sub-batch: its size × its bucket (padded token slots) + ``overhead`` (slots
+    an extra run of the remaining stages is worth). Groups are contiguous in count order, so exact
+    dynamic programming over the sorted counts finds the cheapest split. Returns index arrays into
+    ``counts`` (ascending count order); one group when splitting does not pay.
+    """
+    order = np.argsort(np.asarray(counts), kind="stable")
+    c = np.asarray(counts)[order]
+    n = len(c)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest split of the j smallest counts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        bucket = pick_bucket(int(c[j - 1]), buckets)
+        for i in range(j):
+            cost = best[i] + (j - i) * bucket + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]

@@ -95,6 +95,15 @@ def commit(tmp: Path, final: Path, manifest: dict[str, Any], data_files: list[st
     """Hash ``data_files``, write the manifest last, and move ``tmp`` to ``final`` atomically."""
     manifest["files"] = hash_files(tmp, data_files)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        replace_path(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_path(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``; an existing ``final`` (--force) is removed only once the move worked."""
     old = None
     if final.exists():
         old = final.with_name(f".tokcompile-old-{final.name}-{os.getpid()}")
@@ -104,7 +113,9 @@ def commit(tmp: Path, final: Path, manifest: dict[str, Any], data_files: list[st
     except BaseException:
         if old is not None:
             os.replace(old, final)
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()

@@ -129,6 +129,7 @@ def calibrate(
             "outputs": s.outputs,
             "token_values": s.token_values,
             "count": s.count,
+            "extra_dims": s.extra_dims,
         }
         for s in cut
     ]

@@ -37,6 +37,7 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
         f"- weights: {weights['source']}"
         + (" (RANDOM: accuracy is meaningless)" if weights["source"] == "random" else ""),
         f"- method: `{method['name']}` ({params})",
+        *(f"- WARNING: {w}" for w in method.get("warnings", [])),
         f"- tokens: {' → '.join(map(str, manifest['tokens']['sequence']))}",
         *([f"- WARNING: {manifest['tokens']['warning']}"] if manifest["tokens"].get("warning") else []),
         f"- GMACs: {g['reduced']:.3f} reduced vs {g['dense']:.3f} dense; ideal speed-up {g['ideal_speedup']:.3f}×",
@@ -52,8 +53,44 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
         "```",
         "tokcompile compare <this directory>",
         "tokcompile bench <this directory> --batch 1,16",
-        "polygraphy inspect model model.onnx",
+        *(f"polygraphy inspect model {s['file']}" for s in manifest["stages"]),
         "```",
         "",
+        *deployment_section(manifest),
     ]
     path.write_text("\n".join(lines))
+
+
+def deployment_section(manifest: dict[str, Any]) -> list[str]:
+    """Lowering, per-stage TensorRT engine commands (TensorRT bundles) and plugin loading."""
+    from .commands import plugin_loading, polygraphy_command, stage_profiles, trtexec_command
+
+    lowering = manifest.get("lowering") or {}
+    lines = []
+    if lowering:
+        plugin = ", ".join(f"{k}×{v}" for k, v in (lowering.get("plugin_nodes") or {}).items()) or "none"
+        native = ", ".join(f"{k}×{v}" for k, v in (lowering.get("native_nodes") or {}).items()) or "none"
+        lines += [
+            "## Lowering",
+            "",
+            f"- `--plugins {lowering.get('plugins')}`: TensorRT plugin nodes {plugin}; native (function body) {native}",
+            "",
+        ]
+    if manifest.get("backend") == "tensorrt":
+        lines += ["## TensorRT engines", "", "Rebuild each engine, then check it against ONNX Runtime:", ""]
+        for stage in manifest["stages"]:
+            masks = tuple(n for n, t in (stage.get("input_types") or {}).items() if t == "bool")
+            note = "" if stage_profiles(stage) else " (no tensorrt_profiles recorded: add --minShapes/... yourself)"
+            lines += [
+                f"Stage {stage['index']} (`{stage['file']}`){note}:",
+                "",
+                "```",
+                trtexec_command(manifest, stage),
+                polygraphy_command(manifest, stage, masks),
+                "```",
+                "",
+            ]
+    loading = plugin_loading(manifest)
+    if loading:
+        lines += ["## Plugin library", "", *loading, ""]
+    return lines

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .buckets import pick_bucket
+from .buckets import pick_bucket, split_by_count
 
 
 def fit_tokens(value: np.ndarray, n: int) -> np.ndarray:
@@ -59,38 +59,94 @@ class StagedRunner:
     """Runs stages in order with bucket dispatch between them.
 
     stages: manifest entries (``inputs`` ONNX names, ``values_in`` value names, ``outputs``,
-    ``token_values``, ``count``, ``buckets``); calls: one callable per stage (a backend session,
+    ``token_values``, ``count``, ``buckets``, optional ``extra_dims``); calls: one callable per stage (a backend session,
     or eager torch modules for reference and FLOP counting); final: model output → value name.
     """
 
-    def __init__(self, stages: list[dict[str, Any]], calls: list[StageCall], final: dict[str, str]) -> None:
+    def __init__(
+        self,
+        stages: list[dict[str, Any]],
+        calls: list[StageCall],
+        final: dict[str, str],
+        split_overhead: Optional[float] = None,
+    ) -> None:
         self.stages = stages
         self.final = final
         self.calls = calls
         self.stats = DispatchStats()
+        # Splitting a batch by count at a boundary: a split must save this many padded token slots
+        # (default: one full image's tokens). None or 0 turns splitting off.
+        self.split_overhead = split_overhead
 
     def run(self, images: np.ndarray, exact: bool = False) -> dict[str, np.ndarray]:
-        """All model outputs for ``images``. ``exact``: no buckets, every boundary cuts to the
-        batch's largest count (a batch of one then runs each stage at its own count)."""
-        values: dict[str, np.ndarray] = {}
-        for i, (stage, call) in enumerate(zip(self.stages, self.calls)):
+        """All model outputs for ``images``. ``exact``: no buckets and no splitting, every boundary
+        cuts to the batch's largest count (a batch of one then runs each stage at its own count)."""
+        return self._run(0, {"": images}, exact)
+
+    def _run(self, start: int, values: dict[str, np.ndarray], exact: bool) -> dict[str, np.ndarray]:
+        for i in range(start, len(self.stages)):
+            stage = self.stages[i]
             feed = {
-                name: images if i == 0 and j == 0 else values[value]
+                name: values[""] if i == 0 and j == 0 else values[value]
                 for j, (name, value) in enumerate(zip(stage["inputs"], stage["values_in"]))
             }
-            values.update(zip(stage["outputs"], call(stage["outputs"], feed)))
-            if stage.get("count"):
+            values.update(zip(stage["outputs"], self.calls[i](stage["outputs"], feed)))
+            if stage.get("count") and i + 1 < len(self.stages):
                 counts = values[stage["count"]]
-                stage_buckets = [] if exact else stage.get("buckets") or []
-                bucket = pick_bucket(int(counts.max()), stage_buckets)
-                for name in stage["token_values"]:
-                    if name in values and name in stage["outputs"]:
-                        values[name] = fit_tokens(values[name], bucket)
-                self.stats.counts[i] += counts.tolist()
-                self.stats.buckets[i][bucket] += 1
-                self.stats.slots[i] += bucket * len(counts)
-                self.stats.used[i] += int(counts.sum())
+                buckets = [] if exact else stage.get("buckets") or []
+                groups = (
+                    split_by_count(counts, buckets, self.split_overhead)
+                    if self.split_overhead and not exact
+                    else [np.arange(len(counts))]
+                )
+                if len(groups) > 1:
+                    parts = [self._run(i + 1, self._cut(i, _take(values, g), buckets), exact) for g in groups]
+                    return _merge(parts, groups, len(counts))
+                values = self._cut(i, values, buckets)
+            else:
+                values = self._cut_extra(stage, values)
         return {name: values[value] for name, value in self.final.items()}
+
+    def _cut(self, i: int, values: dict[str, np.ndarray], buckets: list[int]) -> dict[str, np.ndarray]:
+        """Cut the token values of boundary stage ``i`` to the (sub-)batch's bucket; record it."""
+        stage = self.stages[i]
+        counts = values[stage["count"]]
+        bucket = pick_bucket(int(counts.max()), buckets)
+        for name in stage["token_values"]:
+            if name in values and name in stage["outputs"]:
+                values[name] = fit_tokens(values[name], bucket)
+        self.stats.counts[i] += counts.tolist()
+        self.stats.buckets[i][bucket] += 1
+        self.stats.slots[i] += bucket * len(counts)
+        self.stats.used[i] += int(counts.sum())
+        return self._cut_extra(stage, values)
+
+    @staticmethod
+    def _cut_extra(stage: dict[str, Any], values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for dim in stage.get("extra_dims", ()):  # AdaViT's heads / MLP rows: cut to the batch max
+            size = max(1, int(values[dim["count"]].max()))
+            for name in dim["values"]:
+                values[name] = fit_tokens(values[name], size)
+        return values
+
+
+def _take(values: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: value[rows] for name, value in values.items()}
+
+
+def _merge(parts: list[dict[str, np.ndarray]], groups: list[np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """Sub-batch outputs back in batch order; token-dim outputs padded to the widest sub-batch."""
+    merged = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        if arrays[0].ndim > 1 and len({a.shape[1] for a in arrays}) > 1:
+            width = max(a.shape[1] for a in arrays)
+            arrays = [fit_tokens(a, width) for a in arrays]
+        out = np.empty((batch, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+        for rows, a in zip(groups, arrays):
+            out[rows] = a
+        merged[name] = out
+    return merged
 
 
 def torch_stage_calls(modules: list[Any]) -> list[StageCall]:

@@ -1,0 +1,224 @@
+"""Shell commands a bundle's ``report.md`` prints: rebuild a stage's TensorRT engine (trtexec),
+check it against ONNX Runtime (polygraphy run), load the plugin library.
+
+Pure functions of the manifest (no file access), so tests pin the exact strings. Every command
+runs from the bundle directory. Flag spellings:
+
+- trtexec (NVIDIA/TensorRT ``samples/common/sampleOptions.cpp``): ``--onnx=``, ``--saveEngine=``,
+  ``--stronglyTyped`` (needed on 10.x; a no-op kept for compatibility on 11), ``--staticPlugins=``
+  (a library that registers its creators when loaded) or ``--dynamicPlugins=`` (one exporting
+  ``getCreators``), ``--skipInference``, and one block per optimization profile
+  ``--profile=i --minShapes=spec --optShapes=spec --maxShapes=spec`` with
+  ``spec ::= name:DxDxD[,name:DxD]``.
+- polygraphy run (``polygraphy/tools/args``): ``--trt --onnxrt``, ``--strongly-typed``,
+  ``--plugins PATH`` (loaded with ``ctypes.CDLL``: the self-registering library), one
+  ``--trt-min-shapes/--trt-opt-shapes/--trt-max-shapes name:[D,D] ...`` group per profile,
+  ``--optimization-profile``, ``--input-shapes``, ``--val-range``, ``--atol``.
+
+``dlopen`` (and so ``ctypes.CDLL``, trtexec and ``LD_PRELOAD``) does not search the working
+directory for a bare file name: library paths are written ``./<name>``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import PurePath
+from typing import Any, Optional
+
+from .. import _defaults
+
+Shape = list[int]
+Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
+
+# Every flag the functions below can emit (tests check them against `polygraphy run --help`).
+POLYGRAPHY_FLAGS = (
+    "--trt",
+    "--onnxrt",
+    "--strongly-typed",
+    "--plugins",
+    "--trt-min-shapes",
+    "--trt-opt-shapes",
+    "--trt-max-shapes",
+    "--optimization-profile",
+    "--input-shapes",
+    "--val-range",
+    "--atol",
+)
+TRTEXEC_FLAGS = (
+    "--onnx",
+    "--saveEngine",
+    "--stronglyTyped",
+    "--staticPlugins",
+    "--dynamicPlugins",
+    "--skipInference",
+    "--profile",
+    "--minShapes",
+    "--optShapes",
+    "--maxShapes",
+)
+
+
+def _shape(value: Any) -> Optional[Shape]:
+    if isinstance(value, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        return [int(d) for d in value]
+    return None
+
+
+def _triple(value: Any) -> Optional[tuple[Shape, Shape, Shape]]:
+    """{"min": [..], "opt": [..], "max": [..]} or [min, opt, max] → (min, opt, max)."""
+    if isinstance(value, dict) and {"min", "opt", "max"} <= set(value):
+        parts = [_shape(value[k]) for k in ("min", "opt", "max")]
+    elif isinstance(value, (list, tuple)) and len(value) == 3:
+        parts = [_shape(v) for v in value]
+    else:
+        return None
+    if any(p is None for p in parts):
+        return None
+    return parts[0], parts[1], parts[2]  # type: ignore[return-value]
+
+
+def stage_profiles(stage: dict[str, Any]) -> list[Profile]:
+    """The optimization profiles of a stage's engine (``tensorrt_profiles``), in profile order.
+
+    A profile is ``{input: {"min", "opt", "max"}}`` or ``{input: [min, opt, max]}``, optionally
+    under a ``"shapes"`` key beside other keys (e.g. its bucket); entries that are not shape
+    triples are ignored, so both forms read the same.
+    """
+    profiles: list[Profile] = []
+    for raw in stage.get("tensorrt_profiles") or []:
+        if not isinstance(raw, dict):
+            continue
+        nested = raw.get("shapes")
+        shapes: dict[str, Any] = nested if isinstance(nested, dict) else raw
+        profile = {name: t for name, value in shapes.items() if (t := _triple(value)) is not None}
+        if profile:
+            profiles.append(profile)
+    return profiles
+
+
+def _ordered(profile: Profile, stage: dict[str, Any]) -> list[str]:
+    """Input names in the stage's input order, then any others the profile names."""
+    names = [n for n in stage.get("inputs", []) if n in profile]
+    return names + [n for n in profile if n not in names]
+
+
+def _bundled_library(manifest: dict[str, Any]) -> Optional[str]:
+    """File name of the plugin library the ``tensorrt`` block records, if any."""
+    block = manifest.get("tensorrt") or {}
+    lib: Any = None
+    for key in ("plugin_library", "plugin_file", "plugins"):
+        if block.get(key):
+            lib = block[key]
+            break
+    if isinstance(lib, dict):
+        lib = lib.get("file") or lib.get("name") or lib.get("path")
+    return PurePath(lib).name if isinstance(lib, str) and lib else None
+
+
+def plugin_library(manifest: dict[str, Any]) -> str:
+    """File name of the bundle's plugin library, else the default (self-registering) build."""
+    return _bundled_library(manifest) or _defaults.PLUGIN_LIBRARY
+
+
+def _is_dynamic_library(name: str) -> bool:
+    # plugins/ builds libtokcompile_plugins.so (self-registering) and ..._dynamic.so (getCreators).
+    return name.endswith("_dynamic.so")
+
+
+def stage_uses_plugins(manifest: dict[str, Any], stage: dict[str, Any]) -> bool:
+    """Whether a stage's ONNX file has nodes routed to plugins (needs the library to build/run)."""
+    if "plugin_nodes" in stage:
+        return bool(stage["plugin_nodes"])
+    return bool((manifest.get("lowering") or {}).get("plugin_nodes"))
+
+
+def uses_plugins(manifest: dict[str, Any]) -> bool:
+    return any(stage_uses_plugins(manifest, s) for s in manifest.get("stages", []))
+
+
+def engine_file(stage: dict[str, Any]) -> str:
+    return stage.get("tensorrt_file") or f"{PurePath(stage['file']).stem}.plan"
+
+
+def _join(args: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def trtexec_command(manifest: dict[str, Any], stage: dict[str, Any]) -> str:
+    """``trtexec`` that rebuilds the stage's engine with one ``--profile`` block per bucket."""
+    args = ["trtexec", f"--onnx={stage['file']}", f"--saveEngine={engine_file(stage)}", "--stronglyTyped"]
+    if stage_uses_plugins(manifest, stage):
+        lib = plugin_library(manifest)
+        flag = "--dynamicPlugins" if _is_dynamic_library(lib) else "--staticPlugins"
+        args.append(f"{flag}=./{lib}")
+    for i, profile in enumerate(stage_profiles(stage)):
+        names = _ordered(profile, stage)
+        args.append(f"--profile={i}")
+        for j, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
+            spec = ",".join(f"{n}:{'x'.join(map(str, profile[n][j]))}" for n in names)
+            args.append(f"{flag}={spec}")
+    args.append("--skipInference")
+    return _join(args)
+
+
+def _bracket(shape: Shape) -> str:
+    return f"[{','.join(map(str, shape))}]"
+
+
+def polygraphy_command(manifest: dict[str, Any], stage: dict[str, Any], bool_inputs: tuple[str, ...] = ()) -> str:
+    """``polygraphy run`` that builds the stage with TensorRT and compares it with ONNX Runtime.
+
+    Inference runs at the opt shapes of the last profile (the largest bucket). ``bool_inputs``
+    (token masks) are generated all-True, a valid mask; other inputs get Polygraphy's random data.
+    """
+    profiles = stage_profiles(stage)
+    args = ["polygraphy", "run", stage["file"], "--trt", "--onnxrt", "--strongly-typed"]
+    if stage_uses_plugins(manifest, stage):
+        lib = plugin_library(manifest)  # ctypes.CDLL registers nothing from a getCreators library
+        args += ["--plugins", f"./{_defaults.PLUGIN_LIBRARY if _is_dynamic_library(lib) else lib}"]
+    for profile in profiles:
+        names = _ordered(profile, stage)
+        for j, flag in enumerate(("--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes")):
+            args += [flag, *(f"{n}:{_bracket(profile[n][j])}" for n in names)]
+    if profiles:
+        last = profiles[-1]
+        args += ["--optimization-profile", str(len(profiles) - 1)]
+        args += ["--input-shapes", *(f"{n}:{_bracket(last[n][1])}" for n in _ordered(last, stage))]
+    masks = [n for n in stage.get("inputs", []) if n in bool_inputs]
+    if masks:
+        args += ["--val-range", *(f"{n}:[1,1]" for n in masks)]
+    atol = _defaults.COMPARE_ATOL.get(manifest.get("precision", "fp32"))
+    if atol is not None:
+        args += ["--atol", str(atol)]
+    return _join(args)
+
+
+def plugin_loading(manifest: dict[str, Any]) -> list[str]:
+    """Markdown lines: how each consumer loads the plugin library (empty without plugin nodes)."""
+    if not uses_plugins(manifest):
+        return []
+    lib = plugin_library(manifest)
+    nodes = ", ".join(f"{k}×{v}" for k, v in ((manifest.get("lowering") or {}).get("plugin_nodes") or {}).items())
+    in_bundle = _bundled_library(manifest) is not None or lib in (manifest.get("files") or {})
+    where = f"`./{lib}` (in this bundle)" if in_bundle else f"`build/{lib}` (built by the root CMakeLists.txt)"
+    lines = [
+        f"Plugin nodes ({nodes or 'see manifest'}) run as TensorRT plugins in namespace "
+        f"`{_defaults.PLUGIN_NAMESPACE}`; TensorRT needs the plugin library {where} loaded before it "
+        "parses an ONNX file or deserializes an engine. ONNX Runtime needs nothing (it runs the nodes' "
+        "ONNX function bodies).",
+        "",
+    ]
+    if _is_dynamic_library(lib):
+        static = _defaults.PLUGIN_LIBRARY
+        return lines + [
+            f"- trtexec: `--dynamicPlugins=./{lib}`",
+            f"- polygraphy, Python (`ctypes.CDLL`) and Triton load the self-registering build `{static}` "
+            f"(`build/{static}`), not this getCreators library",
+        ]
+    return lines + [
+        f"- trtexec: `--staticPlugins=./{lib}`",
+        f"- polygraphy: `--plugins ./{lib}`",
+        f"- Python: `import tensorrt`, then `ctypes.CDLL('./{lib}', mode=ctypes.RTLD_GLOBAL)` before parsing or "
+        "deserializing (`tokcompile.load` does this for TensorRT bundles)",
+        f"- Triton: `LD_PRELOAD=./{lib} tritonserver ...` or `--backend-config=tensorrt,plugins=./{lib}`",
+    ]
