@@ -27,27 +27,9 @@ constexpr int32_t kValidRank = 2; // valid [B, n]
 constexpr int32_t kRowsRank = 2;  // rows [B, n]
 constexpr int32_t kCountRank = 1; // count [B]
 
-bool isValueType(DataType type) noexcept
-{
-    return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
-}
-
 bool isMaskType(DataType type) noexcept
 {
     return type == DataType::kBOOL || type == DataType::kINT32;
-}
-
-int32_t toKernelValueDtype(DataType type)
-{
-    switch (type)
-    {
-    case DataType::kFLOAT: return TOKCOMPILE_FLOAT32;
-    case DataType::kHALF: return TOKCOMPILE_FLOAT16;
-    case DataType::kBF16: return TOKCOMPILE_BFLOAT16;
-    default: break;
-    }
-    PLUGIN_VALIDATE(false, "input 'v' must be float32, float16 or bfloat16, got " << dataTypeName(type));
-    return -1;
 }
 
 int32_t toKernelMaskDtype(DataType type)
@@ -62,13 +44,6 @@ int32_t toKernelMaskDtype(DataType type)
     return -1;
 }
 
-int32_t toInt32Extent(int64_t extent, char const* what)
-{
-    PLUGIN_VALIDATE(
-        extent >= 0 && extent <= std::numeric_limits<int32_t>::max(), what << " must be in [0, 2^31), got " << extent);
-    return static_cast<int32_t>(extent);
-}
-
 } // namespace
 
 AtsSamplePlugin::AtsSamplePlugin(AtsSampleParams const& params)
@@ -79,20 +54,17 @@ AtsSamplePlugin::AtsSamplePlugin(AtsSampleParams const& params)
 }
 
 AtsSamplePlugin::AtsSamplePlugin(AtsSamplePlugin const& other)
-    : mParams(other.mParams)
-    , mRecorder(other.mRecorder)
+    : PluginBase(other)
+    , mParams(other.mParams)
 {
     initFields();
 }
 
 void AtsSamplePlugin::initFields()
 {
-    // The collection points into this object, so every copy rebuilds it.
-    mFields.clear();
-    mFields.emplace_back(kFieldNumSamples, &mParams.numSamples, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-    mDescription = std::string(kName) + "(num_samples=" + std::to_string(mParams.numSamples) + ")";
+    // The fields point into this object, so every copy rebuilds them.
+    setFields({PluginField(kFieldNumSamples, &mParams.numSamples, PluginFieldType::kINT32, 1)},
+        std::string(kName) + "(num_samples=" + std::to_string(mParams.numSamples) + ")");
 }
 
 void AtsSamplePlugin::validateInputDims(Dims const& attn, Dims const& v, Dims const& valid) const
@@ -123,66 +95,13 @@ void AtsSamplePlugin::validateOutputDims(Dims const& attn, Dims const& rows, Dim
         "output 'count' must be [" << attn.d[0] << "], got " << dimsToString(count));
 }
 
-IPluginCapability* AtsSamplePlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    try
-    {
-        switch (type)
-        {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        }
-        PLUGIN_VALIDATE(false, "unknown PluginCapabilityType " << static_cast<int32_t>(type));
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "getCapabilityInterface");
-    }
-    return nullptr;
-}
-
-IPluginV3* AtsSamplePlugin::clone() noexcept
-{
-    try
-    {
-        return std::make_unique<AtsSamplePlugin>(*this).release();
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "clone");
-    }
-    return nullptr;
-}
-
-char const* AtsSamplePlugin::getPluginName() const noexcept
-{
-    return kName;
-}
-
-char const* AtsSamplePlugin::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* AtsSamplePlugin::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-int32_t AtsSamplePlugin::getNbOutputs() const noexcept
-{
-    return kNbOutputs;
-}
-
 int32_t AtsSamplePlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
     try
     {
-        PLUGIN_VALIDATE(in != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
-        PLUGIN_VALIDATE(
-            out != nullptr && nbOutputs == kNbOutputs, "expects " << kNbOutputs << " outputs, got " << nbOutputs);
+        validateNbInputs(in, nbInputs);
+        validateNbOutputs(out, nbOutputs);
         validateInputDims(in[kInputAttn].desc.dims, in[kInputV].desc.dims, in[kInputValid].desc.dims);
         validateInputDims(in[kInputAttn].min, in[kInputV].min, in[kInputValid].min);
         validateInputDims(in[kInputAttn].max, in[kInputV].max, in[kInputValid].max);
@@ -200,13 +119,11 @@ int32_t AtsSamplePlugin::getOutputDataTypes(
 {
     try
     {
-        PLUGIN_VALIDATE(
-            inputTypes != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
-        PLUGIN_VALIDATE(outputTypes != nullptr && nbOutputs == kNbOutputs,
-            "expects " << kNbOutputs << " outputs, got " << nbOutputs);
+        validateNbInputs(inputTypes, nbInputs);
+        validateNbOutputs(outputTypes, nbOutputs);
         PLUGIN_VALIDATE(inputTypes[kInputAttn] == DataType::kFLOAT,
             "input 'attn' must be float32, got " << dataTypeName(inputTypes[kInputAttn]));
-        PLUGIN_VALIDATE(isValueType(inputTypes[kInputV]),
+        PLUGIN_VALIDATE(isFloatType(inputTypes[kInputV]),
             "input 'v' must be float32, float16 or bfloat16, got " << dataTypeName(inputTypes[kInputV]));
         PLUGIN_VALIDATE(isMaskType(inputTypes[kInputValid]),
             "input 'valid' must be bool (or int32 0/1), got " << dataTypeName(inputTypes[kInputValid]));
@@ -226,11 +143,9 @@ int32_t AtsSamplePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInpu
 {
     try
     {
-        PLUGIN_VALIDATE(
-            inputs != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
+        validateNbInputs(inputs, nbInputs);
         PLUGIN_VALIDATE(nbShapeInputs == 0, "expects no shape inputs, got " << nbShapeInputs);
-        PLUGIN_VALIDATE(
-            outputs != nullptr && nbOutputs == kNbOutputs, "expects " << kNbOutputs << " outputs, got " << nbOutputs);
+        validateNbOutputs(outputs, nbOutputs);
         DimsExprs const& attn = inputs[kInputAttn];
         DimsExprs const& v = inputs[kInputV];
         DimsExprs const& valid = inputs[kInputValid];
@@ -262,62 +177,18 @@ int32_t AtsSamplePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInpu
     return -1;
 }
 
-bool AtsSamplePlugin::supportsFormatCombination(
-    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+bool AtsSamplePlugin::supportsType(int32_t pos, DynamicPluginTensorDesc const* inOut) const
 {
-    try
+    DataType const type = inOut[pos].desc.type;
+    switch (pos)
     {
-        PLUGIN_VALIDATE(inOut != nullptr && nbInputs == kNbInputs && nbOutputs == kNbOutputs,
-            "expects " << kNbInputs << " inputs and " << kNbOutputs << " outputs, got " << nbInputs << " and "
-                       << nbOutputs);
-        PLUGIN_VALIDATE(pos >= 0 && pos < kNbInputs + kNbOutputs, "position " << pos << " out of range");
-        PluginTensorDesc const& desc = inOut[pos].desc;
-        if (desc.format != TensorFormat::kLINEAR)
-        {
-            return false;
-        }
-        switch (pos)
-        {
-        case kInputAttn: return desc.type == DataType::kFLOAT;
-        case kInputV: return isValueType(desc.type);
-        case kInputValid: return isMaskType(desc.type);
-        case kNbInputs + kOutputRows:
-        case kNbInputs + kOutputCount: return desc.type == DataType::kINT64;
-        default: return false;
-        }
+    case kInputAttn: return type == DataType::kFLOAT;
+    case kInputV: return isFloatType(type);
+    case kInputValid: return isMaskType(type);
+    case kNbInputs + kOutputRows:
+    case kNbInputs + kOutputCount: return type == DataType::kINT64;
+    default: return false;
     }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "supportsFormatCombination");
-    }
-    return false;
-}
-
-size_t AtsSamplePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t nbInputs,
-    DynamicPluginTensorDesc const* /*outputs*/, int32_t nbOutputs) const noexcept
-{
-    try
-    {
-        PLUGIN_VALIDATE(nbInputs == kNbInputs && nbOutputs == kNbOutputs,
-            "expects " << kNbInputs << " inputs and " << kNbOutputs << " outputs, got " << nbInputs << " and "
-                       << nbOutputs);
-        return 0; // everything lives in shared memory
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "getWorkspaceSize");
-    }
-    return 0;
-}
-
-char const* AtsSamplePlugin::getTimingCacheID() noexcept
-{
-    return mDescription.c_str();
-}
-
-char const* AtsSamplePlugin::getMetadataString() noexcept
-{
-    return mDescription.c_str();
 }
 
 int32_t AtsSamplePlugin::onShapeChange(
@@ -325,9 +196,8 @@ int32_t AtsSamplePlugin::onShapeChange(
 {
     try
     {
-        PLUGIN_VALIDATE(in != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
-        PLUGIN_VALIDATE(
-            out != nullptr && nbOutputs == kNbOutputs, "expects " << kNbOutputs << " outputs, got " << nbOutputs);
+        validateNbInputs(in, nbInputs);
+        validateNbOutputs(out, nbOutputs);
         validateInputDims(in[kInputAttn].dims, in[kInputV].dims, in[kInputValid].dims);
         validateOutputDims(in[kInputAttn].dims, out[kOutputRows].dims, out[kOutputCount].dims);
         return 0;
@@ -355,7 +225,7 @@ int32_t AtsSamplePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
         PLUGIN_VALIDATE(
             outputDesc[kOutputRows].type == DataType::kINT64 && outputDesc[kOutputCount].type == DataType::kINT64,
             "outputs 'rows' and 'count' must be int64");
-        int32_t const vDtype = toKernelValueDtype(inputDesc[kInputV].type);
+        int32_t const vDtype = toKernelFloatDtype(inputDesc[kInputV].type, "v");
         int32_t const validDtype = toKernelMaskDtype(inputDesc[kInputValid].type);
 
         cudaError_t const status = tokcompileAtsSample(static_cast<float const*>(inputs[kInputAttn]), inputs[kInputV],
@@ -374,60 +244,9 @@ int32_t AtsSamplePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
     return -1;
 }
 
-IPluginV3* AtsSamplePlugin::attachToContext(IPluginResourceContext* context) noexcept
-{
-    try
-    {
-        auto plugin = std::make_unique<AtsSamplePlugin>(*this);
-        plugin->mRecorder = context != nullptr ? context->getErrorRecorder() : nullptr;
-        return plugin.release();
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "attachToContext");
-    }
-    return nullptr;
-}
-
-PluginFieldCollection const* AtsSamplePlugin::getFieldsToSerialize() noexcept
-{
-    try
-    {
-        PLUGIN_VALIDATE(mFieldCollection.fields == mFields.data(), "serialization fields out of date");
-        return &mFieldCollection;
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "getFieldsToSerialize");
-    }
-    return nullptr;
-}
-
 AtsSamplePluginCreator::AtsSamplePluginCreator() noexcept
+    : PluginCreatorBase({kFieldNumSamples})
 {
-    mFieldNames[0] = PluginField(kFieldNumSamples, nullptr, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = kNbFields;
-    mFieldCollection.fields = mFieldNames;
-}
-
-char const* AtsSamplePluginCreator::getPluginName() const noexcept
-{
-    return AtsSamplePlugin::kName;
-}
-
-char const* AtsSamplePluginCreator::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* AtsSamplePluginCreator::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-PluginFieldCollection const* AtsSamplePluginCreator::getFieldNames() noexcept
-{
-    return &mFieldCollection;
 }
 
 AtsSampleParams AtsSamplePluginCreator::parseFields(PluginFieldCollection const* fc)

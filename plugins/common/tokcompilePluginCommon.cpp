@@ -3,10 +3,13 @@
  */
 #include "common/tokcompilePluginCommon.h"
 
+#include "common/tokcompileKernelApi.h"
+
 #include <atomic>
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <limits>
 
 namespace tokcompile
 {
@@ -129,6 +132,32 @@ char const* dataTypeName(nvinfer1::DataType type) noexcept
     case nvinfer1::DataType::kUINT8: return "uint8";
     default: return "other";
     }
+}
+
+bool isFloatType(nvinfer1::DataType type) noexcept
+{
+    return type == nvinfer1::DataType::kFLOAT || type == nvinfer1::DataType::kHALF
+        || type == nvinfer1::DataType::kBF16;
+}
+
+int32_t toKernelFloatDtype(nvinfer1::DataType type, char const* input)
+{
+    switch (type)
+    {
+    case nvinfer1::DataType::kFLOAT: return TOKCOMPILE_FLOAT32;
+    case nvinfer1::DataType::kHALF: return TOKCOMPILE_FLOAT16;
+    case nvinfer1::DataType::kBF16: return TOKCOMPILE_BFLOAT16;
+    default: break;
+    }
+    PLUGIN_VALIDATE(false, "input '" << input << "' must be float32, float16 or bfloat16, got " << dataTypeName(type));
+    return -1;
+}
+
+int32_t toInt32Extent(int64_t extent, char const* what)
+{
+    PLUGIN_VALIDATE(
+        extent >= 0 && extent <= std::numeric_limits<int32_t>::max(), what << " must be in [0, 2^31), got " << extent);
+    return static_cast<int32_t>(extent);
 }
 
 std::string dimsToString(nvinfer1::Dims const& dims)

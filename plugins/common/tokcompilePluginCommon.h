@@ -82,6 +82,15 @@ bool isLookupAttribute(char const* fieldName) noexcept;
 //! Human-readable name of a DataType, for messages.
 char const* dataTypeName(nvinfer1::DataType type) noexcept;
 
+//! float32, float16 or bfloat16: the types of the kernels' token / value inputs.
+bool isFloatType(nvinfer1::DataType type) noexcept;
+
+//! The launchers' TokcompileDtype of a float input named `input`; throws for other types.
+int32_t toKernelFloatDtype(nvinfer1::DataType type, char const* input);
+
+//! An extent as the launchers' int32; throws unless it is in [0, 2^31). `what` names it.
+int32_t toInt32Extent(int64_t extent, char const* what);
+
 //! "[2, -1, 384]", for messages.
 std::string dimsToString(nvinfer1::Dims const& dims);
 

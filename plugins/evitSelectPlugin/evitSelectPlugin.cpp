@@ -27,31 +27,6 @@ constexpr int32_t kTokensRank = 3; // x [B, N, C], out [B, P + k + fuse, C]
 constexpr int32_t kAttnRank = 3;   // attn [B, H, N]
 constexpr int32_t kKeptRank = 2;   // kept [B, k]
 
-bool isTokenType(DataType type) noexcept
-{
-    return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
-}
-
-int32_t toKernelDtype(DataType type)
-{
-    switch (type)
-    {
-    case DataType::kFLOAT: return TOKCOMPILE_FLOAT32;
-    case DataType::kHALF: return TOKCOMPILE_FLOAT16;
-    case DataType::kBF16: return TOKCOMPILE_BFLOAT16;
-    default: break;
-    }
-    PLUGIN_VALIDATE(false, "input 'x' must be float32, float16 or bfloat16, got " << dataTypeName(type));
-    return -1;
-}
-
-int32_t toInt32Extent(int64_t extent, char const* what)
-{
-    PLUGIN_VALIDATE(
-        extent >= 0 && extent <= std::numeric_limits<int32_t>::max(), what << " must be in [0, 2^31), got " << extent);
-    return static_cast<int32_t>(extent);
-}
-
 } // namespace
 
 EvitSelectPlugin::EvitSelectPlugin(EvitSelectParams const& params)
@@ -64,23 +39,20 @@ EvitSelectPlugin::EvitSelectPlugin(EvitSelectParams const& params)
 }
 
 EvitSelectPlugin::EvitSelectPlugin(EvitSelectPlugin const& other)
-    : mParams(other.mParams)
-    , mRecorder(other.mRecorder)
+    : PluginBase(other)
+    , mParams(other.mParams)
 {
     initFields();
 }
 
 void EvitSelectPlugin::initFields()
 {
-    // The collection points into this object, so every copy rebuilds it.
-    mFields.clear();
-    mFields.emplace_back(kFieldK, &mParams.k, PluginFieldType::kINT32, 1);
-    mFields.emplace_back(kFieldNumPrefix, &mParams.numPrefix, PluginFieldType::kINT32, 1);
-    mFields.emplace_back(kFieldFuse, &mParams.fuse, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-    mDescription = std::string(kName) + "(k=" + std::to_string(mParams.k)
-        + ", num_prefix=" + std::to_string(mParams.numPrefix) + ", fuse=" + std::to_string(mParams.fuse) + ")";
+    // The fields point into this object, so every copy rebuilds them.
+    setFields({PluginField(kFieldK, &mParams.k, PluginFieldType::kINT32, 1),
+                  PluginField(kFieldNumPrefix, &mParams.numPrefix, PluginFieldType::kINT32, 1),
+                  PluginField(kFieldFuse, &mParams.fuse, PluginFieldType::kINT32, 1)},
+        std::string(kName) + "(k=" + std::to_string(mParams.k) + ", num_prefix=" + std::to_string(mParams.numPrefix)
+            + ", fuse=" + std::to_string(mParams.fuse) + ")");
 }
 
 void EvitSelectPlugin::validateInputDims(Dims const& x, Dims const& attn) const
@@ -110,66 +82,13 @@ void EvitSelectPlugin::validateOutputDims(Dims const& x, Dims const& out, Dims c
         "output 'kept' must be [" << x.d[0] << ", " << mParams.k << "], got " << dimsToString(kept));
 }
 
-IPluginCapability* EvitSelectPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    try
-    {
-        switch (type)
-        {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        }
-        PLUGIN_VALIDATE(false, "unknown PluginCapabilityType " << static_cast<int32_t>(type));
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "getCapabilityInterface");
-    }
-    return nullptr;
-}
-
-IPluginV3* EvitSelectPlugin::clone() noexcept
-{
-    try
-    {
-        return std::make_unique<EvitSelectPlugin>(*this).release();
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "clone");
-    }
-    return nullptr;
-}
-
-char const* EvitSelectPlugin::getPluginName() const noexcept
-{
-    return kName;
-}
-
-char const* EvitSelectPlugin::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* EvitSelectPlugin::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-int32_t EvitSelectPlugin::getNbOutputs() const noexcept
-{
-    return kNbOutputs;
-}
-
 int32_t EvitSelectPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
     try
     {
-        PLUGIN_VALIDATE(in != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
-        PLUGIN_VALIDATE(
-            out != nullptr && nbOutputs == kNbOutputs, "expects " << kNbOutputs << " outputs, got " << nbOutputs);
+        validateNbInputs(in, nbInputs);
+        validateNbOutputs(out, nbOutputs);
         validateInputDims(in[kInputX].desc.dims, in[kInputAttn].desc.dims);
         // The bounds of the optimization profile must admit the kernel too.
         validateInputDims(in[kInputX].min, in[kInputAttn].min);
@@ -188,11 +107,9 @@ int32_t EvitSelectPlugin::getOutputDataTypes(
 {
     try
     {
-        PLUGIN_VALIDATE(
-            inputTypes != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
-        PLUGIN_VALIDATE(outputTypes != nullptr && nbOutputs == kNbOutputs,
-            "expects " << kNbOutputs << " outputs, got " << nbOutputs);
-        PLUGIN_VALIDATE(isTokenType(inputTypes[kInputX]),
+        validateNbInputs(inputTypes, nbInputs);
+        validateNbOutputs(outputTypes, nbOutputs);
+        PLUGIN_VALIDATE(isFloatType(inputTypes[kInputX]),
             "input 'x' must be float32, float16 or bfloat16, got " << dataTypeName(inputTypes[kInputX]));
         PLUGIN_VALIDATE(inputTypes[kInputAttn] == DataType::kFLOAT,
             "input 'attn' must be float32 (scores are computed in float32), got "
@@ -213,11 +130,9 @@ int32_t EvitSelectPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
 {
     try
     {
-        PLUGIN_VALIDATE(
-            inputs != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
+        validateNbInputs(inputs, nbInputs);
         PLUGIN_VALIDATE(nbShapeInputs == 0, "expects no shape inputs, got " << nbShapeInputs);
-        PLUGIN_VALIDATE(
-            outputs != nullptr && nbOutputs == kNbOutputs, "expects " << kNbOutputs << " outputs, got " << nbOutputs);
+        validateNbOutputs(outputs, nbOutputs);
         DimsExprs const& x = inputs[kInputX];
         DimsExprs const& attn = inputs[kInputAttn];
         PLUGIN_VALIDATE(x.nbDims == kTokensRank, "input 'x' must be [B, N, C], got rank " << x.nbDims);
@@ -257,61 +172,17 @@ int32_t EvitSelectPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
     return -1;
 }
 
-bool EvitSelectPlugin::supportsFormatCombination(
-    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+bool EvitSelectPlugin::supportsType(int32_t pos, DynamicPluginTensorDesc const* inOut) const
 {
-    try
+    DataType const type = inOut[pos].desc.type;
+    switch (pos)
     {
-        PLUGIN_VALIDATE(inOut != nullptr && nbInputs == kNbInputs && nbOutputs == kNbOutputs,
-            "expects " << kNbInputs << " inputs and " << kNbOutputs << " outputs, got " << nbInputs << " and "
-                       << nbOutputs);
-        PLUGIN_VALIDATE(pos >= 0 && pos < kNbInputs + kNbOutputs, "position " << pos << " out of range");
-        PluginTensorDesc const& desc = inOut[pos].desc;
-        if (desc.format != TensorFormat::kLINEAR)
-        {
-            return false;
-        }
-        switch (pos)
-        {
-        case kInputX: return isTokenType(desc.type);
-        case kInputAttn: return desc.type == DataType::kFLOAT;
-        case kNbInputs + kOutputTokens: return desc.type == inOut[kInputX].desc.type;
-        case kNbInputs + kOutputKept: return desc.type == DataType::kINT64;
-        default: return false;
-        }
+    case kInputX: return isFloatType(type);
+    case kInputAttn: return type == DataType::kFLOAT;
+    case kNbInputs + kOutputTokens: return type == inOut[kInputX].desc.type;
+    case kNbInputs + kOutputKept: return type == DataType::kINT64;
+    default: return false;
     }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "supportsFormatCombination");
-    }
-    return false;
-}
-
-size_t EvitSelectPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t nbInputs,
-    DynamicPluginTensorDesc const* /*outputs*/, int32_t nbOutputs) const noexcept
-{
-    try
-    {
-        PLUGIN_VALIDATE(nbInputs == kNbInputs && nbOutputs == kNbOutputs,
-            "expects " << kNbInputs << " inputs and " << kNbOutputs << " outputs, got " << nbInputs << " and "
-                       << nbOutputs);
-        return 0; // everything lives in shared memory
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "getWorkspaceSize");
-    }
-    return 0;
-}
-
-char const* EvitSelectPlugin::getTimingCacheID() noexcept
-{
-    return mDescription.c_str();
-}
-
-char const* EvitSelectPlugin::getMetadataString() noexcept
-{
-    return mDescription.c_str();
 }
 
 int32_t EvitSelectPlugin::onShapeChange(
@@ -319,9 +190,8 @@ int32_t EvitSelectPlugin::onShapeChange(
 {
     try
     {
-        PLUGIN_VALIDATE(in != nullptr && nbInputs == kNbInputs, "expects " << kNbInputs << " inputs, got " << nbInputs);
-        PLUGIN_VALIDATE(
-            out != nullptr && nbOutputs == kNbOutputs, "expects " << kNbOutputs << " outputs, got " << nbOutputs);
+        validateNbInputs(in, nbInputs);
+        validateNbOutputs(out, nbOutputs);
         validateInputDims(in[kInputX].dims, in[kInputAttn].dims);
         validateOutputDims(in[kInputX].dims, out[kOutputTokens].dims, out[kOutputKept].dims);
         return 0;
@@ -349,7 +219,7 @@ int32_t EvitSelectPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
         PLUGIN_VALIDATE(
             outputDesc[kOutputTokens].type == inputDesc[kInputX].type, "output 'out' must have the type of 'x'");
         PLUGIN_VALIDATE(outputDesc[kOutputKept].type == DataType::kINT64, "output 'kept' must be int64");
-        int32_t const dtype = toKernelDtype(inputDesc[kInputX].type);
+        int32_t const dtype = toKernelFloatDtype(inputDesc[kInputX].type, "x");
 
         cudaError_t const status = tokcompileEvitSelect(inputs[kInputX], static_cast<float const*>(inputs[kInputAttn]),
             outputs[kOutputTokens], static_cast<int64_t*>(outputs[kOutputKept]), toInt32Extent(x.d[0], "batch"),
@@ -366,63 +236,9 @@ int32_t EvitSelectPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
     return -1;
 }
 
-IPluginV3* EvitSelectPlugin::attachToContext(IPluginResourceContext* context) noexcept
-{
-    try
-    {
-        auto plugin = std::make_unique<EvitSelectPlugin>(*this);
-        plugin->mRecorder = context != nullptr ? context->getErrorRecorder() : nullptr;
-        return plugin.release();
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "attachToContext");
-    }
-    return nullptr;
-}
-
-PluginFieldCollection const* EvitSelectPlugin::getFieldsToSerialize() noexcept
-{
-    try
-    {
-        PLUGIN_VALIDATE(mFieldCollection.fields == mFields.data(), "serialization fields out of date");
-        return &mFieldCollection;
-    }
-    catch (...)
-    {
-        reportException(mRecorder, kName, "getFieldsToSerialize");
-    }
-    return nullptr;
-}
-
 EvitSelectPluginCreator::EvitSelectPluginCreator() noexcept
+    : PluginCreatorBase({kFieldK, kFieldNumPrefix, kFieldFuse})
 {
-    // data == nullptr: these describe the fields; createPlugin receives the values.
-    mFieldNames[0] = PluginField(kFieldK, nullptr, PluginFieldType::kINT32, 1);
-    mFieldNames[1] = PluginField(kFieldNumPrefix, nullptr, PluginFieldType::kINT32, 1);
-    mFieldNames[2] = PluginField(kFieldFuse, nullptr, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = kNbFields;
-    mFieldCollection.fields = mFieldNames;
-}
-
-char const* EvitSelectPluginCreator::getPluginName() const noexcept
-{
-    return EvitSelectPlugin::kName;
-}
-
-char const* EvitSelectPluginCreator::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* EvitSelectPluginCreator::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-PluginFieldCollection const* EvitSelectPluginCreator::getFieldNames() noexcept
-{
-    return &mFieldCollection;
 }
 
 EvitSelectParams EvitSelectPluginCreator::parseFields(PluginFieldCollection const* fc)

@@ -19,13 +19,11 @@
 #ifndef TOKCOMPILE_EVIT_SELECT_PLUGIN_H
 #define TOKCOMPILE_EVIT_SELECT_PLUGIN_H
 
-#include "common/tokcompilePluginCommon.h"
+#include "common/tokcompilePluginBase.h"
 
 #include <NvInferRuntime.h>
 
 #include <cstdint>
-#include <string>
-#include <vector>
 
 namespace tokcompile
 {
@@ -39,10 +37,7 @@ struct EvitSelectParams
     int32_t fuse{0};
 };
 
-class EvitSelectPlugin final : public nvinfer1::IPluginV3,
-                               public nvinfer1::IPluginV3OneCore,
-                               public nvinfer1::IPluginV3OneBuild,
-                               public nvinfer1::IPluginV3OneRuntime
+class EvitSelectPlugin final : public PluginBase<EvitSelectPlugin>
 {
 public:
     static constexpr char const* kName = "EvitSelect";
@@ -52,23 +47,14 @@ public:
     static constexpr int32_t kNbOutputs = 2;
     static constexpr int32_t kOutputTokens = 0;
     static constexpr int32_t kOutputKept = 1;
+    static constexpr int32_t kNbFields = 3;
 
     //! Throws PluginError when a field is out of range.
     explicit EvitSelectPlugin(EvitSelectParams const& params);
     EvitSelectPlugin(EvitSelectPlugin const& other);
-    EvitSelectPlugin& operator=(EvitSelectPlugin const&) = delete;
     ~EvitSelectPlugin() override = default;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild
+    // IPluginV3OneBuild (the rest: PluginBase)
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
@@ -76,21 +62,12 @@ public:
     int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
         int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-    char const* getTimingCacheID() noexcept override;
-    char const* getMetadataString() noexcept override;
 
-    // IPluginV3OneRuntime
+    // IPluginV3OneRuntime (the rest: PluginBase)
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
     EvitSelectParams const& params() const noexcept
     {
@@ -98,39 +75,30 @@ public:
     }
 
 private:
+    friend class PluginBase<EvitSelectPlugin>;
+
     void initFields();
+    //! PluginBase::supportsFormatCombination: the type tensor pos may have.
+    bool supportsType(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut) const;
     //! Input shapes; -1 (unknown at build time) passes every check that needs the extent.
     void validateInputDims(nvinfer1::Dims const& x, nvinfer1::Dims const& attn) const;
     //! Output shapes against the input shapes (runtime: every extent known).
     void validateOutputDims(nvinfer1::Dims const& x, nvinfer1::Dims const& out, nvinfer1::Dims const& kept) const;
 
     EvitSelectParams mParams;
-    nvinfer1::IErrorRecorder* mRecorder{nullptr}; // set by attachToContext; owned by the context
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
-    std::string mDescription; // "k=.., num_prefix=.., fuse=..": timing-cache id and metadata
 };
 
-class EvitSelectPluginCreator final : public nvinfer1::IPluginCreatorV3One
+class EvitSelectPluginCreator final : public PluginCreatorBase<EvitSelectPlugin>
 {
 public:
     EvitSelectPluginCreator() noexcept;
     ~EvitSelectPluginCreator() override = default;
 
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
     //! Parses and validates the fields (shared with tests of the glue); throws PluginError.
     static EvitSelectParams parseFields(nvinfer1::PluginFieldCollection const* fc);
-
-private:
-    static constexpr int32_t kNbFields = 3;
-    nvinfer1::PluginField mFieldNames[kNbFields];
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 } // namespace plugin

@@ -59,6 +59,20 @@ def test_stage_without_token_inputs_gets_one_batch_profile():
     ]
 
 
+def test_extra_dims_take_their_whole_range_in_every_profile():
+    """AdaViT's kept-head / MLP-row inputs are cut to the batch maximum, not bucketed."""
+    shapes = {"rows": (-1, -1), "heads": (-1, -1)}
+    profiles = trt_backend.stage_profiles(shapes, ["rows"], [40], 101, 64, 16, extra={"heads": 6})
+    assert [p["shapes"]["heads"] for p in profiles] == [[[1, 1], [16, 6], [64, 6]]] * 2
+    assert profiles[0]["shapes"]["rows"] == [[1, 40], [16, 40], [64, 40]]
+    stages = [
+        {"inputs": ["images"], "outputs": ["h", "c"], "extra_dims": [{"name": "heads", "values": ["h"], "max": 6}]},
+        {"inputs": ["h_in", "x"], "values_in": ["h", "x"]},
+    ]
+    assert trt_backend.extra_dim_inputs(stages, 1) == {"h_in": 6}
+    assert trt_backend.extra_dim_inputs(stages, 0) == {}
+
+
 def test_profiles_opt_batch_and_bad_shapes():
     one = trt_backend.stage_profiles({"x": (-1, -1, 8)}, ["x"], [4], 10, 4, 4)
     assert one[0]["shapes"]["x"] == [[1, 4, 8], [4, 4, 8], [4, 4, 8]]

@@ -70,7 +70,8 @@ def test_stages_compute_only_kept_rows_and_heads(official, adavit_bundle):
     stages = runner.manifest["stages"]
     depth = len(model.blocks)
     assert len(stages) == depth + 1
-    assert [d["name"] for d in stages[2]["extra_dims"]] == ["heads", "mlp_tokens"]
+    N = runner.manifest["model"]["num_prefix_tokens"] + int(np.prod(runner.manifest["model"]["grid"]))
+    assert [(d["name"], d["max"]) for d in stages[2]["extra_dims"]] == [("heads", 2), ("mlp_tokens", N)]
     assert "extra_dims" not in stages[0]  # block 0 has no head / sub-layer gates (keep_layers 1)
     feeds: list[dict[str, tuple]] = []
     calls = runner.engine.calls
@@ -80,7 +81,6 @@ def test_stages_compute_only_kept_rows_and_heads(official, adavit_bundle):
     ]
     images = torch.randn(BATCH, 3, *model.patch_embed.img_size, generator=torch.Generator().manual_seed(3)).numpy()
     got = runner.run(images)
-    N = runner.manifest["model"]["num_prefix_tokens"] + int(np.prod(runner.manifest["model"]["grid"]))
     for k in range(1, depth):  # stage k + 1 computes block k from the cut made at the end of stage k
         dims = {d["name"]: d for d in stages[k].get("extra_dims", [])}
         heads = dims["heads"]["values"]

@@ -330,6 +330,14 @@ def stage_buckets(stages: Sequence[Mapping[str, Any]], index: int) -> list[int]:
     return [int(b) for b in producer.get("buckets") or []] if producer.get("count") else []
 
 
+def extra_dim_inputs(stages: Sequence[Mapping[str, Any]], index: int) -> dict[str, int]:
+    """Inputs of stage ``index`` whose dim 1 is an extra data-dependent dim an earlier boundary
+    cut to the batch's maximum (AdaViT's kept heads, MLP rows) → that dim's full size."""
+    full = {v: int(d["max"]) for s in stages[:index] for d in s.get("extra_dims") or [] for v in d["values"]}
+    stage = stages[index]
+    return {n: full[v] for n, v in zip(stage["inputs"], stage.get("values_in") or stage["inputs"]) if v in full}
+
+
 def stage_profiles(
     input_shapes: Mapping[str, Sequence[int]],
     tokens_of: Sequence[str],
@@ -337,16 +345,20 @@ def stage_profiles(
     full_count: int,
     max_batch: int,
     opt_batch: int,
+    extra: Optional[Mapping[str, int]] = None,
 ) -> list[dict[str, Any]]:
     """Optimization profiles of one stage, in engine order: one per bucket, then the catch-all.
 
     input_shapes: input name → dims with -1 where dynamic; dim 0 is the batch, dim 1 of
     ``tokens_of`` the token count. Per bucket b: token dim min = opt = max = b. The catch-all
     takes token counts [FALLBACK_MIN_TOKENS, full_count] (a count above every bucket runs at its
-    own size). Every profile takes batch [1, max_batch], optimised for ``opt_batch``. A stage
-    without token inputs has the catch-all only. Returns
-    ``[{"bucket": b or "fallback", "shapes": {name: [min, opt, max]}}]`` (lists, for the manifest).
+    own size). ``extra``: inputs whose dim 1 is another data-dependent dim (not bucketed) → its
+    full size; every profile takes it over [1, full size]. Every profile takes batch
+    [1, max_batch], optimised for ``opt_batch``. A stage without token inputs has the catch-all
+    only. Returns ``[{"bucket": b or "fallback", "shapes": {name: [min, opt, max]}}]`` (lists,
+    for the manifest).
     """
+    extra = extra or {}
     if not 1 <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= opt_batch <= max_batch, got {opt_batch}, {max_batch}")
     missing = [n for n in tokens_of if n not in input_shapes]
@@ -357,7 +369,7 @@ def stage_profiles(
         out = {}
         for name, dims in input_shapes.items():
             dims = [int(d) for d in dims]
-            token = tokens if name in tokens_of else None
+            token = tokens if name in tokens_of else (1, extra[name], extra[name]) if name in extra else None
             if len(dims) < (2 if token else 1):
                 raise ValueError(f"input '{name}' has shape {dims}: no batch/token dimension")
             triple = []
@@ -401,6 +413,7 @@ def engine_from_onnx(
     max_batch: int,
     opt_batch: int,
     timing_cache: Path,
+    extra: Optional[Mapping[str, int]] = None,
 ) -> dict[str, Any]:
     """Build ``engine_path`` from ``onnx_path`` (strongly typed; plugins must be loaded already).
 
@@ -422,11 +435,11 @@ def engine_from_onnx(
             if layer.type in (trt.LayerType.PLUGIN_V2, trt.LayerType.PLUGIN_V3):
                 plugin_layers += 1
         try:
-            profiles = stage_profiles(input_shapes, tokens_of, buckets, full_count, max_batch, opt_batch)
-        except ValueError as exc:  # e.g. AdaViT's dynamic head / MLP-row dimensions
+            profiles = stage_profiles(input_shapes, tokens_of, buckets, full_count, max_batch, opt_batch, extra)
+        except ValueError as exc:
             raise TokcompileError(
-                f"{onnx_path.name}: {exc}; the TensorRT backend builds profiles over batch and token counts "
-                "only, use --backend onnxruntime for this method"
+                f"{onnx_path.name}: {exc}; the TensorRT backend builds profiles over batch, token counts and the "
+                "extra dims the manifest records; use --backend onnxruntime for this graph"
             ) from None
         polygraphy_profiles = []
         for p in profiles:
@@ -491,6 +504,7 @@ def build(
             max_batch,
             opt_batch,
             cache,
+            extra_dim_inputs(stages, k),
         )
         wanted = sum(needs_plugins.get(k, {}).values())
         if facts["tensorrt_plugin_layers"] < wanted:

@@ -154,6 +154,11 @@ def export_stages(
         )
         entries.append(
             {"index": stage.index, "file": file, **facts, "token_values": stage.token_values, "count": stage.count}
-            | ({"extra_dims": stage.extra_dims} if stage.extra_dims else {})
+            | (
+                # max: the dim's full size (the examples are uncut), for TensorRT profile ranges
+                {"extra_dims": [{**d, "max": int(examples[d["values"][0]].shape[1])} for d in stage.extra_dims]}
+                if stage.extra_dims
+                else {}
+            )
         )
     return entries
