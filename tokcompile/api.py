@@ -216,6 +216,8 @@ def build(
         if backend == "tensorrt":  # after calibration: the profiles follow each stage's buckets
             engines, trt_block = trt_backend.build(tmp, stages, spec.num_tokens, plugin_path, timing_cache, max_batch)
             files += engines
+        else:
+            trt_backend.plan_profiles(tmp, stages, spec.num_tokens)
         manifest: dict[str, Any] = {
             "format": bundle_io.FORMAT,
             "format_version": bundle_io.FORMAT_VERSION,

@@ -333,3 +333,17 @@ def test_compare_runs_onnx_files_of_a_tensorrt_bundle_without_tensorrt(no_tensor
     report = compare(trt_bundle, batch=2, samples=1)
     assert report.passed and report.precision == "fp32"
     assert any("TensorRT cannot run here (TensorRT is not installed (test))" in n for n in report.notes)
+
+
+def test_onnxruntime_bundles_carry_the_planned_engine_commands(bundle):
+    """A bundle built on a CPU lists the trtexec/polygraphy lines that lower it on the GPU machine."""
+    directory = bundle("test_vit", method="ats", buckets=ATS_BUCKETS)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    report = (directory / "report.md").read_text()
+    assert manifest["backend"] == "onnxruntime" and "Not built here" in report
+    for k, stage in enumerate(manifest["stages"]):
+        plan = stage["tensorrt_plan"]
+        expected = len(trt_backend.stage_buckets(manifest["stages"], k)) + 1  # + the catch-all
+        assert len(plan) == expected and plan[-1]["bucket"] == FALLBACK
+        line = next(x for x in report.splitlines() if x.startswith(f"trtexec --onnx={stage['file']} "))
+        assert line.count("--profile=") == expected

@@ -392,6 +392,34 @@ def stage_profiles(
     return profiles
 
 
+def onnx_input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Graph input name → dims of an ONNX file, -1 where symbolic (as TensorRT's parser sees them)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        i.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)
+        for i in model.graph.input
+    }
+
+
+def plan_profiles(directory: Path, stages: list[dict[str, Any]], full_count: int) -> None:
+    """Record in each stage (``tensorrt_plan``) the profiles ``--backend tensorrt`` would build from
+    its ONNX file, without TensorRT: report.md turns them into trtexec/polygraphy commands, so a
+    bundle built on a CPU can be lowered on the GPU machine it deploys to."""
+    max_batch = _defaults.TRT_MAX_BATCH
+    for k, stage in enumerate(stages):
+        stage["tensorrt_plan"] = stage_profiles(
+            onnx_input_shapes(directory / stage["file"]),
+            token_inputs(stage),
+            stage_buckets(stages, k),
+            full_count,
+            max_batch,
+            min(_defaults.BUCKET_BATCH, max_batch),
+            extra_dim_inputs(stages, k),
+        )
+
+
 def pick_profile(profiles: Sequence[Mapping[str, Any]], tokens: Optional[int]) -> int:
     """Index of the profile built for exactly ``tokens`` tokens, else of the catch-all."""
     for i, p in enumerate(profiles):

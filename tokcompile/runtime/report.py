@@ -76,9 +76,19 @@ def deployment_section(manifest: dict[str, Any]) -> list[str]:
             f"- `--plugins {lowering.get('plugins')}`: TensorRT plugin nodes {plugin}; native (function body) {native}",
             "",
         ]
-    if manifest.get("backend") == "tensorrt":
-        lines += ["## TensorRT engines", "", "Rebuild each engine, then check it against ONNX Runtime:", ""]
+    built = manifest.get("backend") == "tensorrt"
+    planned = not built and all(s.get("tensorrt_plan") for s in manifest["stages"])
+    if built or planned:
+        intro = (
+            "Rebuild each engine, then check it against ONNX Runtime:"
+            if built
+            else "Not built here. On the GPU machine (TensorRT ≥ 10.7), build each stage's engine with the "
+            "profiles `--backend tensorrt` would use, then check it against ONNX Runtime:"
+        )
+        lines += ["## TensorRT engines", "", intro, ""]
         for stage in manifest["stages"]:
+            if planned:
+                stage = {**stage, "tensorrt_profiles": stage["tensorrt_plan"]}
             masks = tuple(n for n, t in (stage.get("input_types") or {}).items() if t == "bool")
             note = "" if stage_profiles(stage) else " (no tensorrt_profiles recorded: add --minShapes/... yourself)"
             lines += [
