@@ -30,11 +30,9 @@
  *     (plus output allocation callbacks); with rows padded to n there is no device->host sync
  *     inside the engine, only the one read of `count` that the runtime does between stages.
  *
- * On `valid`: TensorRT's headers warn that PluginTensorDesc does not support DataType::kBOOL.
- * The ONNX contract is bool, so kBOOL is offered first; kINT32 (0/1) is accepted as well so that a
- * TensorRT version that refuses boolean plugin I/O can be served by casting `valid` to int32
- * before the node. Whether a given TensorRT version accepts the kBOOL input is not verified here
- * (no TensorRT builder was available when this was written).
+ * On `valid`: TensorRT's headers warn that PluginTensorDesc does not support DataType::kBOOL, so
+ * tokcompile's ONNX node passes the mask as int32 0/1 (the function body casts it back to bool).
+ * kBOOL is still accepted for other producers of the node.
  */
 #ifndef TOKCOMPILE_ATS_SAMPLE_PLUGIN_H
 #define TOKCOMPILE_ATS_SAMPLE_PLUGIN_H

@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import onnxscript
 import torch
-from onnxscript import BOOL, FLOAT
+from onnxscript import FLOAT, INT32
 from onnxscript import opset18 as op
 
 from .. import _defaults
@@ -219,7 +219,7 @@ ats_sample = torch.ops.tokcompile.ats_sample.default
 
 
 # ---------------------------------------------------------------------------------------------
-# ONNX: one node AtsSample(attn, v, valid) in domain "tokcompile" calling a model-local function
+# ONNX: one node AtsSample(attn, v, valid as int32) in domain "tokcompile" calling a model-local function
 # whose body is plain ONNX with no data-dependent output shape (n in, n out; n read with Shape):
 # Cast (float64 accumulation), ReduceSum, ReduceSumSquare, Sqrt, Mul, Div, Where, a stable sort
 # as a pairwise (score, position) rank (Less/Equal/And/Or + ReduceSum + ScatterElements), CumSum,
@@ -236,7 +236,8 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
         raise TokcompileError(f"AtsSample's ONNX body is written for opset 18, not {opset_version}")
 
     @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
-    def AtsSample(attn: FLOAT, v, valid: BOOL, num_samples: int):
+    def AtsSample(attn: FLOAT, v, valid_mask: INT32, num_samples: int):
+        valid = op.Cast(valid_mask, to=9)  # BOOL
         zero = op.Constant(value_ints=[0])
         one = op.Constant(value_ints=[1])
         two = op.Constant(value_ints=[2])
@@ -323,7 +324,9 @@ def onnx_symbolic(
     B, n = valid.shape
     rows, count = torch.onnx.ops.symbolic_multi_out(
         f"{ONNX_DOMAIN}::{ONNX_NAME}",
-        [attn.float(), v, valid],
+        # The mask travels as int32 0/1: TensorRT plugin tensors do not support kBOOL
+        # (NvInferRuntimePlugin.h, PluginTensorDesc::type).
+        [attn.float(), v, valid.to(torch.int32)],
         {
             "num_samples": int(num_samples),
             **plugin_attributes(PLUGIN, NATIVE),
