@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,20 +32,12 @@ from tokcompile.ops.ats_sample import ats_sample_reference, sample_count
 from tokcompile.ops.evit_select import evit_select_reference, keep_count
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "plugins"))
+from plugin_build import bind_kernels  # noqa: E402  (the ctypes binding shared with the kernel tests)
+
 HEADS, TOKENS, CHANNELS, HEAD_DIM = 6, 197, 384, 64
 KEEP_RATE, NUM_PREFIX, FUSE = 0.7, 1, 1
 FLOAT16, BOOL_MASK = 1, 3  # TokcompileDtype codes (plugins/common/tokcompileKernelApi.h)
-
-
-def load_kernels(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
-    lib.tokcompileEvitSelect.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 8 + [ctypes.c_void_p]
-    lib.tokcompileEvitSelect.restype = ctypes.c_int
-    lib.tokcompileAtsSample.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32] * 7 + [ctypes.c_void_p]
-    lib.tokcompileAtsSample.restype = ctypes.c_int
-    lib.tokcompileKernelErrorString.argtypes = [ctypes.c_int32]
-    lib.tokcompileKernelErrorString.restype = ctypes.c_char_p
-    return lib
 
 
 def checked(lib: ctypes.CDLL, name: str, status: int) -> None:
@@ -150,7 +143,7 @@ def main() -> None:
     if not args.lib.is_file():
         raise SystemExit(f"bench_plugins_gpu: {args.lib} not found; build it with "
                          "'cmake -S . -B build -G Ninja && cmake --build build --target tokcompile_kernels'")  # fmt: skip
-    lib = load_kernels(args.lib)
+    lib = bind_kernels(args.lib)
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     gen = torch.Generator().manual_seed(0)
 

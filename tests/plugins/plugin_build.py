@@ -6,6 +6,7 @@ needs in it, and ninja compiles the shared kernel objects only once.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -115,3 +116,16 @@ def configure(directory: Path, archs: str = DEFAULT_ARCHS) -> CMakeBuild:
     if result.returncode != 0:
         raise AssertionError(f"cmake configure failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
     return CMakeBuild(directory=directory, tensorrt_include=include, configure_log=result.stdout)
+
+
+def bind_kernels(path: Path | str) -> ctypes.CDLL:
+    """ctypes binding of libtokcompile_kernels.so's extern "C" launchers
+    (plugins/common/tokcompileKernelApi.h)."""
+    lib = ctypes.CDLL(str(path))
+    lib.tokcompileEvitSelect.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 8 + [ctypes.c_void_p]
+    lib.tokcompileEvitSelect.restype = ctypes.c_int
+    lib.tokcompileAtsSample.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32] * 7 + [ctypes.c_void_p]
+    lib.tokcompileAtsSample.restype = ctypes.c_int
+    lib.tokcompileKernelErrorString.argtypes = [ctypes.c_int32]
+    lib.tokcompileKernelErrorString.restype = ctypes.c_char_p
+    return lib

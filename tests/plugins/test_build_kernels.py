@@ -8,12 +8,11 @@ files x 4 architectures), so the test is not marked slow.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import subprocess
 
 import pytest
-from plugin_build import DEFAULT_ARCHS, KERNELS_LIB, LAUNCHERS, CMakeBuild
+from plugin_build import DEFAULT_ARCHS, KERNELS_LIB, LAUNCHERS, CMakeBuild, bind_kernels
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +51,7 @@ def test_only_the_launchers_are_exported(kernels: CMakeBuild) -> None:
 
 def test_launchers_refuse_bad_arguments_without_a_gpu(kernels: CMakeBuild) -> None:
     """Argument checks run before any CUDA call: safe on CPU-only machines (no kernel is launched)."""
-    lib = ctypes.CDLL(str(kernels.path(KERNELS_LIB)))
-    lib.tokcompileEvitSelect.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 8 + [ctypes.c_void_p]
-    lib.tokcompileEvitSelect.restype = ctypes.c_int
-    lib.tokcompileAtsSample.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32] * 7 + [ctypes.c_void_p]
-    lib.tokcompileAtsSample.restype = ctypes.c_int
-    lib.tokcompileKernelErrorString.argtypes = [ctypes.c_int32]
-    lib.tokcompileKernelErrorString.restype = ctypes.c_char_p
+    lib = bind_kernels(kernels.path(KERNELS_LIB))
     invalid_value = 1  # cudaErrorInvalidValue
     assert lib.tokcompileKernelErrorString(invalid_value) == b"invalid argument"
 

@@ -22,12 +22,12 @@ build directory (conftest.py). Skipped when torch.cuda is unavailable.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from plugin_build import bind_kernels
 
 from tokcompile.ops.ats_sample import ats_sample_reference, sample_count
 from tokcompile.ops.evit_select import evit_select_reference, keep_count
@@ -45,14 +45,7 @@ class Kernels:
     """ctypes binding of libtokcompile_kernels.so; outputs are allocated on the inputs' device."""
 
     def __init__(self, path: Path | str) -> None:
-        lib = ctypes.CDLL(str(path))
-        lib.tokcompileEvitSelect.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 8 + [ctypes.c_void_p]
-        lib.tokcompileEvitSelect.restype = ctypes.c_int
-        lib.tokcompileAtsSample.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32] * 7 + [ctypes.c_void_p]
-        lib.tokcompileAtsSample.restype = ctypes.c_int
-        lib.tokcompileKernelErrorString.argtypes = [ctypes.c_int32]
-        lib.tokcompileKernelErrorString.restype = ctypes.c_char_p
-        self.lib = lib
+        self.lib = bind_kernels(path)
 
     def _check(self, name: str, status: int) -> None:
         if status != 0:
