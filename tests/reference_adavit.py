@@ -8,6 +8,7 @@ independently of tokcompile's gather/skip pass so the two can be compared.
 from __future__ import annotations
 
 import torch
+from reference_vit import embed_tokens
 
 KINDS = {
     "tokens": "blocks.{l}.attn.token_select.mlp_head",
@@ -47,7 +48,7 @@ def adavit_state(model: torch.nn.Module, seed: int = 0, keep_layers: int = 1) ->
 def official_masked_adavit(model, state, images, keep_layers=1, t_thr=0.6, h_thr=0.5, l_thr=0.5):
     """Logits and per-block decisions (tokens [B, N], heads [B, H], layers [B, 2]) of the official
     dense-masking AdaViT forward."""
-    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    x = embed_tokens(model, images)
     B, N, C = x.shape
     decisions = []
     for i_blk, blk in enumerate(model.blocks):

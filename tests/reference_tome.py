@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from reference_vit import embed_tokens, heads_qkv
 
 
 def spec_bipartite(metric: torch.Tensor, r: int, protected: int) -> torch.Tensor:
@@ -44,9 +45,7 @@ def eager_tome(
     Returns (logits, {block: merge map [B, N0]}): the output position, in that block, of each
     original token. Only blocks with r > 0 merge (and report a map).
     """
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    x = model.norm_pre(model.patch_drop(x))
+    x = embed_tokens(model, images)
     B, N0, _ = x.shape
     protected = model.num_prefix_tokens
     size = None
@@ -56,9 +55,7 @@ def eager_tome(
         attn = blk.attn
         h = blk.norm1(x)
         B, N, C = h.shape
-        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = heads_qkv(attn, h)
         logits = q @ k.transpose(-2, -1) * attn.scale
         if prop_attn and size is not None:
             logits = logits + size.log()[:, None, None, :, 0]  # proportional attention (§2.2)

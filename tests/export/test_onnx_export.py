@@ -6,38 +6,17 @@ Each export takes ~10 s on 2 CPU cores, so this file exports twice in all (modul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.fx as fx
+from exported import Exported
 
 from tokcompile.export.onnx import INPUT_NAME, onnx_from_graph_module
-from tokcompile.models import ModelSpec
 from tokcompile.passes._outputs import named_outputs as output_names
-from tokcompile.passes.manager import PassContext
 
 LOGITS_ATOL = 1e-4  # fp32, ORT CPU vs the GraphModule
-
-
-@dataclass
-class Exported:
-    gm: fx.GraphModule
-    ctx: PassContext
-    path: Path
-    facts: dict
-    model: onnx.ModelProto
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.ctx.spec
-
-    def evit_nodes(self) -> list[onnx.NodeProto]:
-        return [n for n in self.model.graph.node if n.op_type == "EvitSelect"]
 
 
 def _export(evit_gm, tmp_path_factory, name: str, **params) -> Exported:
@@ -84,7 +63,7 @@ def _run_and_compare(exp: Exported, batch: int) -> None:
 
 
 def test_deit_one_evit_select_node_per_layer(deit_fused: Exported) -> None:
-    nodes = deit_fused.evit_nodes()
+    nodes = deit_fused.nodes("EvitSelect")
     assert len(nodes) == 3
     assert all(n.domain == "tokcompile" for n in nodes)
     assert not [n for n in deit_fused.model.graph.node if n.domain not in ("", "ai.onnx", "tokcompile")]
@@ -97,7 +76,7 @@ def test_deit_one_evit_select_node_per_layer(deit_fused: Exported) -> None:
 def test_deit_evit_select_attributes(deit_fused: Exported) -> None:
     # 197 tokens → k = ceil(0.7·196) = 138 → 1+138+1 = 140 → k = ceil(0.7·139) = ceil(97.3) = 98
     # → 100 → k = ceil(0.7·99) = ceil(69.3) = 70 → 72.
-    attrs = [_attrs(n) for n in deit_fused.evit_nodes()]
+    attrs = [_attrs(n) for n in deit_fused.nodes("EvitSelect")]
     assert [a["k"] for a in attrs] == [138, 98, 70]
     for a in attrs:
         # --plugins auto (default): EViT's count follows from shapes, so its nodes lower natively
@@ -140,7 +119,7 @@ def test_deit_onnxruntime_matches_graph_module(deit_fused: Exported) -> None:
 
 def test_test_vit_unfused_export(test_vit_unfused: Exported) -> None:
     exp = test_vit_unfused
-    nodes = exp.evit_nodes()
+    nodes = exp.nodes("EvitSelect")
     assert len(nodes) == len(exp.ctx.layers) == 3
     # 101 → ceil(0.7·100) = 70 → 71 → ceil(0.7·70) = 49 → 50 → ceil(0.7·49) = ceil(34.3) = 35 → 36
     assert [_attrs(n)["k"] for n in nodes] == [70, 49, 35]

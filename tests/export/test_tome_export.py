@@ -9,7 +9,6 @@ GraphModule. Then ``tokcompile.build`` → ``load`` → ``compare`` on test_vit.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.fx as fx
+from exported import Exported
 
 import tokcompile
 from tokcompile.export.onnx import INPUT_NAME, onnx_from_graph_module
@@ -28,18 +27,6 @@ from tokcompile.passes.manager import PassContext, run_passes
 from tokcompile.verify.compare import compare
 
 LOGITS_ATOL = 1e-4  # fp32, ORT CPU vs the GraphModule
-
-
-@dataclass
-class Exported:
-    gm: fx.GraphModule
-    ctx: PassContext
-    path: Path
-    facts: dict
-    model: onnx.ModelProto
-
-    def tome_nodes(self) -> list[onnx.NodeProto]:
-        return [n for n in self.model.graph.node if n.op_type == "TomeMerge"]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +61,7 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 
 
 def test_one_tome_merge_node_per_block(deit_tome: Exported) -> None:
-    nodes = deit_tome.tome_nodes()
+    nodes = deit_tome.nodes("TomeMerge")
     assert len(nodes) == 12 and all(n.domain == "tokcompile" for n in nodes)
     assert deit_tome.facts["custom_nodes"] == ["TomeMerge"]
     assert deit_tome.facts["outputs"] == ["logits"] + [f"merge_map_{i}" for i in range(12)]

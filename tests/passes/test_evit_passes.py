@@ -15,6 +15,7 @@ from typing import Optional
 import pytest
 import torch
 import torch.fx as fx
+from reference_vit import embed_tokens, heads_qkv
 
 from tokcompile.errors import TokcompileError
 from tokcompile.methods import evit as evit_method
@@ -49,9 +50,7 @@ def eager_evit(
     Returns (logits, {block: kept ids [B, k]}), ids being positions in the original token
     sequence (0 = CLS, 1.. = patches, -1 = a fused token made by an earlier layer).
     """
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    x = model.norm_pre(model.patch_drop(x))
+    x = embed_tokens(model, images)
     B, N, C = x.shape
     ids = torch.arange(N).expand(B, N)
     kept_ids: dict[int, torch.Tensor] = {}
@@ -59,9 +58,7 @@ def eager_evit(
         attn = blk.attn
         h = blk.norm1(x)
         B, N, C = h.shape
-        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = heads_qkv(attn, h)
         A = (q @ k.transpose(-2, -1) * attn.scale).softmax(dim=-1)  # [B, H, N, N], explicit
         o = (A @ v).transpose(1, 2).reshape(B, N, -1)
         x = x + blk.ls1(attn.proj(attn.norm(o)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference_vit import embed_tokens, heads_qkv
 
 import tokcompile
 from tokcompile import TokcompileError
@@ -18,7 +19,7 @@ GAMMA, BETA = 10.0, 3.0  # random weights: channel 0 ~ N(0, 1), so tokens halt a
 @torch.no_grad()
 def official_masked_avit(model, images, gamma, beta, eps=0.01):
     """§4.2 as the official code computes it: dense, halted tokens zeroed and masked (-1000)."""
-    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    x = embed_tokens(model, images)
     B, N, C = x.shape
     c = torch.zeros(B, N)
     R = torch.ones(B, N)
@@ -29,7 +30,7 @@ def official_masked_avit(model, images, gamma, beta, eps=0.01):
         x = x * active[..., None]
         a = blk.attn
         h_in = blk.norm1(x) * active[..., None]
-        q, k, v = a.qkv(h_in).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = heads_qkv(a, h_in)
         logits = q @ k.transpose(-2, -1) * a.scale - 1000.0 * (1 - active)[:, None, None, :]
         y = x + a.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
         y = (y + blk.mlp(blk.norm2(y))) * active[..., None]

@@ -48,7 +48,7 @@ class BundleRunner:
             if reason is None or backend == "tensorrt":
                 self.file = stages[0]["tensorrt_file"]
                 self.precision = manifest["precision"]
-                self.engine = StagedRunner(stages, trt_backend.trt_stage_calls(directory, stages, manifest), final)
+                calls = trt_backend.trt_stage_calls(directory, stages, manifest)
             else:
                 logger.warning(
                     "bundle '%s' was built for TensorRT, which cannot run here (%s); running its ONNX files "
@@ -67,11 +67,12 @@ class BundleRunner:
                     stages[0].get("onnxruntime_note", "see manifest"),
                     self.file,
                 )
-            self.engine = StagedRunner(stages, ort_stage_calls(directory, stages, "onnxruntime_file", threads), final)
+            calls = ort_stage_calls(directory, stages, "onnxruntime_file", threads)
         # Staged bundles split a batch by count where one slow image would set everyone's bucket; a
         # split must save at least one full image's token slots (runtime/buckets.split_by_count).
         model = manifest["model"]
-        self.engine.split_overhead = float(model["num_prefix_tokens"] + int(np.prod(model["grid"])))
+        tokens = model["num_prefix_tokens"] + int(np.prod(model["grid"]))
+        self.engine = StagedRunner(stages, calls, final, split_overhead=float(tokens))
         self.output_names = list(final)
         self.input_shape = tuple(manifest["model"]["input_shape"])
 
