@@ -81,7 +81,10 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
         "",
         "| file | size | sha256 |",
         "|---|---|---|",
-        *(f"| `{name}` | {format_size(e['bytes'])} | `{e['sha256'][:16]}…` |" for name, e in manifest.get("files", {}).items()),
+        *(
+            f"| `{name}` | {format_size(e['bytes'])} | `{e['sha256'][:16]}…` |"
+            for name, e in manifest.get("files", {}).items()
+        ),
         "",
         *deployment_section(manifest),
     ]
