@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import math
 from typing import Any
 
 from ..errors import TokcompileError
@@ -31,3 +33,55 @@ def model_args(items: list[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key.strip()] = raw.strip()
     return out
+
+
+def _number(text: str, kind: type, what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (a usage error is one line, exit 1: cli.main.Parser)."""
+    value = _number(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    value = _number(text, int, "an integer ≥ 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 0, got {value}")
+    return value
+
+
+def batch_size(text: str) -> int:
+    """argparse type: a batch size in [1, _defaults.MAX_BATCH]."""
+    from .. import _defaults
+
+    value = positive_int(text)
+    if value > _defaults.MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be at most {_defaults.MAX_BATCH} (memory), got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0 (a tolerance)."""
+    value = _number(text, float, "a finite number ≥ 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {value:g}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (a share of images)."""
+    value = _number(text, float, "a number in [0, 1]")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
+    return value
