@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import model_args
+from .common import add_model_arguments, model_kwargs_of
 from .eval import add_progress_argument, progress_of
 
 
@@ -42,14 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace an earlier sweep's results and different bundles in OUT"
     )
-    p.add_argument("--img-size", type=int, default=None, help="input resolution (timm img_size), e.g. 224 for DINOv2")
-    p.add_argument(
-        "--model-arg",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="extra timm.create_model argument, repeatable (e.g. qk_norm=True)",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--resolutions",
         default=None,
@@ -69,9 +62,6 @@ def run(args: argparse.Namespace) -> bool:
         param, values = "keep_rate", parse_values(args.keep_rate, "--keep-rate", "rate")
     else:
         param, values = "r", parse_values(args.r, "--r", "int")
-    kwargs = model_args(args.model_arg or [])
-    if args.img_size is not None:
-        kwargs["img_size"] = args.img_size
     result = sweep(
         args.model,
         param,
@@ -86,7 +76,7 @@ def run(args: argparse.Namespace) -> bool:
         force=args.force,
         progress=progress_of(args),
         threads=args.threads,
-        model_kwargs=kwargs,
+        model_kwargs=model_kwargs_of(args),
         resolutions=args.resolutions,
         max_resolutions=args.resolutions_max,
     )

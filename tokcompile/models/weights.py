@@ -151,8 +151,9 @@ def resample_position_embedding(
             f"checkpoint '{source}': {POS_EMBED} ({shapes}) has width {got.shape[2]}, the model {want.shape[2]}: "
             "the checkpoint is for another model size; check the model name and --model-arg embed_dim"
         )
-    prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
-    rows, cols = (int(v) for v in model.patch_embed.grid_size)
+    vit: Any = model  # a timm VisionTransformer
+    prefix = 0 if getattr(vit, "no_embed_class", False) else int(vit.num_prefix_tokens)
+    rows, cols = (int(v) for v in vit.patch_embed.grid_size)
     side = _square_side(got.shape[1] - prefix)
     if side is None:
         others = [p for p in range(MAX_PREFIX_GUESS + 1) if p != prefix and _square_side(got.shape[1] - p)]

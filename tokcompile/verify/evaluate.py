@@ -233,7 +233,7 @@ def score_batches(
             score = scores[name]
             score.images += count
             score.agree += int((out["logits"].argmax(1) == ref_top).sum())
-            if cosine_output in outputs:
+            if cosine_output is not None and cosine_output in outputs:
                 score.cosines.append(cosine(out[cosine_output], ref[cosine_output]))
             if labels is not None:
                 correct, labelled = top1_correct(out["logits"], labels)
@@ -352,7 +352,8 @@ def evaluate_bundles(
         models[TIMING] = dense_runner(directories[0], threads, precision=precision, weights=weights)
     # a staged bundle's final outputs differ from its first stage's; older runners lack output_names
     outputs = ["logits", "features"]
-    for model in [*runners, *models.values()]:
+    every: list[Any] = [*runners, *models.values()]
+    for model in every:
         if "features" not in (getattr(model, "output_names", None) or model.manifest["stages"][0]["outputs"]):
             outputs = ["logits"]
 

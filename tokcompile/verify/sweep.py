@@ -667,7 +667,7 @@ def plot_pareto(result: SweepResult, path: Path) -> Path:
     fig = Figure(figsize=(12.0, 5.2), dpi=120)
     FigureCanvasAgg(fig)
     first = result.points[0].result
-    styles = (
+    styles: tuple[tuple[str, dict[str, Any], str], ...] = (
         (result.method, dict(marker="o", color="tab:blue"), f"{result.method} ({result.param})"),
         (RESOLUTION_SERIES, dict(marker="s", color="tab:orange"), "dense at lower resolution"),
     )
