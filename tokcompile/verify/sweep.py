@@ -367,15 +367,13 @@ def check_output(out: Path, force: bool) -> None:
         )
 
 
-def _baseline_weights(
-    model: str, weights: Optional[str], model_kwargs: dict[str, Any], out: Path
-) -> tuple[str, Optional[Path]]:
+def _baseline_weights(model: str, weights: Optional[str], model_kwargs: dict[str, Any], out: Path) -> str:
     """A checkpoint path for the baselines: --weights PATH itself, else the full-size model's
     weights (pretrained or random) saved once under OUT so every size resamples the same tensors."""
     from ..models import create_model
 
     if weights not in (None, "auto", "pretrained", "random"):
-        return str(weights), None
+        return str(weights)
     from safetensors.torch import save_file
 
     module, _, record = create_model(model, weights=weights, **model_kwargs)
@@ -385,7 +383,7 @@ def _baseline_weights(
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
-    return str(path), path
+    return str(path)
 
 
 def sweep(
@@ -459,7 +457,7 @@ def sweep(
     baselines = []
     if sizes:
         logger.info("sweep: dense model at %s px as the lower-resolution baseline", ", ".join(_size(s) for s in sizes))
-        path, _ = _baseline_weights(model, weights, model_kwargs, out)
+        path = _baseline_weights(model, weights, model_kwargs, out)
         with bars_and_logs(progress), progress_bar(len(sizes), "build img_size", progress, unit="point") as bar:
             for size in sizes:
                 baselines.append(
