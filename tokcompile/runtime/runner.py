@@ -67,7 +67,13 @@ class BundleRunner:
                     stages[0].get("onnxruntime_note", "see manifest"),
                     self.file,
                 )
-            calls = ort_stage_calls(directory, stages, "onnxruntime_file", threads)
+            try:
+                calls = ort_stage_calls(directory, stages, "onnxruntime_file", threads)
+            except Exception as exc:  # ONNX Runtime's own types: InvalidProtobuf, Fail, ...
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise TokcompileError(
+                    f"bundle '{directory}': ONNX Runtime cannot load its ONNX files ({first}); rebuild the bundle"
+                ) from None
         # Staged bundles split a batch by count where one slow image would set everyone's bucket; a
         # split must save at least one full image's token slots (runtime/buckets.split_by_count).
         model = manifest["model"]
