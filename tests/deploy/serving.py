@@ -41,6 +41,7 @@ class Served:
     process: subprocess.Popen
     url: str  # host:port of HTTP
     grpc: str
+    metrics: str
     model: str
     log: Path
 
@@ -58,7 +59,7 @@ def serve_cli(target: Path, log: Path, *flags: str) -> Iterator[Served]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    served = Served(process, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", target.name, log)
+    served = Served(process, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}", target.name, log)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while "serve: ready" not in served.output():

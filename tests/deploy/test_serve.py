@@ -135,11 +135,11 @@ def test_stop_answers_in_flight_and_refuses_new_requests(bundle, tmp_path: Path,
     expected, _ = probe.reference(runner, in_flight)
     with serve_cli(evit, tmp_path / "serve.log", "--max-batch", "16", "--max-queue-delay-us", "300000") as served:
         server_pids = [pid for pid, name in children(served.process.pid).items() if name == "tritonserver"]
-        result = probe.during_shutdown(
-            served.url, served.model, lambda: served.process.send_signal(signal.SIGTERM), in_flight, expected
-        )
+        stop = lambda: served.process.send_signal(signal.SIGTERM)  # noqa: E731
+        accepted = probe.accepted_requests(served.metrics, served.model)
+        result = probe.during_shutdown(served.url, served.model, stop, in_flight, expected, accepted)
         code = served.process.wait(timeout=60)
-    assert (result.in_flight, result.answered, result.unanswered) == (4, 4, [])
+    assert (result.in_flight, result.accepted, result.answered, result.unanswered) == (4, 4, 4, [])
     assert result.new_request != "answered"
     assert any(s in result.new_request for s in ("has no available versions", "Connection refused", "Errno")), result
     log = served.output()

@@ -8,10 +8,12 @@ images alone, so batching on the server must not change any image's result. Need
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -23,14 +25,14 @@ ATOL = 1e-4  # served vs in-process, per output element (both run the same fp32 
 
 
 def http_client(url: str, timeout_s: float = 60.0) -> Any:
-    import tritonclient.http as http
+    import tritonclient.http as http  # type: ignore[import-untyped]
 
     return http.InferenceServerClient(url=url, connection_timeout=timeout_s, network_timeout=timeout_s)
 
 
 def infer(client: Any, model: str, images: np.ndarray, datatype: str = "FP32") -> dict[str, np.ndarray]:
     """One request of ``images`` (any shape and dtype: faults send wrong ones) → the outputs."""
-    import tritonclient.http as http
+    import tritonclient.http as http  # type: ignore[import-untyped]
 
     tensor = http.InferInput(INPUT, list(images.shape), datatype)
     tensor.set_data_from_numpy(images)
@@ -239,9 +241,37 @@ def still_serving(url: str, model: str, images: np.ndarray, expected: dict[str, 
 @dataclass
 class ShutdownResult:
     in_flight: int  # requests sent before the stop
+    accepted: Optional[int]  # of those, how many the server had accepted (None: not counted)
     answered: int  # of those, answered with the in-process answer
     unanswered: list[str]  # what the others got
     new_request: str  # what a request sent once the server stopped being ready got
+
+
+def accepted_requests(metrics_url: str, model: str) -> Callable[[], int]:
+    """A counter of the requests ``model`` accepted since this call: queued (pending) plus finished,
+    from Triton's Prometheus metrics. Requests executing right now count in neither, so it never
+    over-counts."""
+
+    def read() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        values = {}
+        for name in (
+            "nv_inference_pending_request_count",
+            "nv_inference_request_success",
+            "nv_inference_request_failure",
+        ):
+            match = re.search(rf'^{name}{{model="{re.escape(model)}",version="[^"]*"}} (\S+)$', text, re.MULTILINE)
+            values[name] = float(match.group(1)) if match else 0.0
+        return values
+
+    base = read()
+
+    def count() -> int:
+        now = read()
+        return int(sum(now[n] - (base[n] if n != "nv_inference_pending_request_count" else 0) for n in now))
+
+    return count
 
 
 def during_shutdown(
@@ -250,10 +280,13 @@ def during_shutdown(
     stop: Any,
     in_flight: Sequence[np.ndarray],
     expected: Sequence[dict[str, np.ndarray]],
+    accepted: Optional[Callable[[], int]] = None,
     timeout_s: float = 60.0,
 ) -> ShutdownResult:
-    """Send ``in_flight`` concurrently, call ``stop()`` (e.g. SIGTERM to the server), wait until the
-    server is no longer ready, send one more request; every in-flight request must still be answered."""
+    """Send ``in_flight`` concurrently; once the server has accepted them all (``accepted()``, e.g.
+    ``accepted_requests``; else after 50 ms) call ``stop()`` (e.g. SIGTERM to the server); wait
+    until the server is no longer ready and send one more request. Every in-flight request must
+    still be answered; the late one must get an error."""
     got: list[Optional[str]] = [None] * len(in_flight)
     sent = threading.Barrier(len(in_flight) + 1)
 
@@ -272,9 +305,13 @@ def during_shutdown(
     for t in threads:
         t.start()
     sent.wait()
-    time.sleep(0.05)  # the requests leave their sockets
-    stop()
     deadline = time.monotonic() + timeout_s
+    time.sleep(0.05)  # the requests leave their sockets
+    taken = accepted() if accepted is not None else None
+    while taken is not None and accepted is not None and taken < len(in_flight) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        taken = accepted()
+    stop()
     probe = http_client(url, 5.0)
     while time.monotonic() < deadline:
         try:
@@ -290,6 +327,7 @@ def during_shutdown(
     answers = [g or "no answer" for g in got]
     return ShutdownResult(
         in_flight=len(in_flight),
+        accepted=taken,
         answered=answers.count("answered"),
         unanswered=[a for a in answers if a != "answered"],
         new_request=new,

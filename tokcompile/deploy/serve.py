@@ -47,7 +47,12 @@ def _prepare(
     model = model_name(target, name)
     repository = workdir / "repository"
     write_entry_model(
-        repository / model, model, target, manifest, batching(**settings, manifest=manifest), copy_bundle=False
+        repository / model,
+        model,
+        target,
+        manifest,
+        batching(settings["max_batch"], settings["max_queue_delay_us"], settings["instances"], manifest),
+        copy_bundle=False,
     )
     return repository, model, manifest
 
@@ -72,7 +77,7 @@ def serve(
     target = Path(target)
     settings = {"max_batch": max_batch, "max_queue_delay_us": max_queue_delay_us, "instances": instances}
     if (target / MANIFEST).is_file() or not (target / MARKER).is_file():
-        batching(**settings)  # bad values fail before anything is read
+        batching(max_batch, max_queue_delay_us, instances)  # bad values fail before anything is read
     stop = stop or threading.Event()
     abort = threading.Event()
     with tempfile.TemporaryDirectory(prefix="tokcompile-serve-") as tmp:
