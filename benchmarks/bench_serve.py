@@ -68,8 +68,8 @@ def start_serve(target: Path, log: Path, flags: list[str], timeout_s: float) -> 
 class Background:
     """One client sending good requests in a loop, counting what it got, until stopped."""
 
-    def __init__(self, url: str, model: str, requests: list[np.ndarray], expected: list[dict]) -> None:
-        self.url, self.model, self.requests, self.expected = url, model, requests, expected
+    def __init__(self, url: str, model: str, requests: list[np.ndarray], expected: list[dict], atol: float) -> None:
+        self.url, self.model, self.requests, self.expected, self.atol = url, model, requests, expected, atol
         self.ok = self.failed = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -80,9 +80,8 @@ class Background:
         while not self.stop.is_set():
             k = i % len(self.requests)
             try:
-                good = (
-                    probe.max_error(probe.infer(client, self.model, self.requests[k]), self.expected[k]) <= probe.ATOL
-                )
+                got = probe.infer(client, self.model, self.requests[k])
+                good = probe.max_error(got, self.expected[k]) <= self.atol
             except Exception:
                 good = False
             self.ok += good
@@ -97,14 +96,16 @@ class Background:
 def load_phase(url: str, model: str, requests, expected, reference_s: list[float], args) -> None:
     warm = slice(0, 2 * args.clients)  # first runs allocate (ONNX Runtime arenas, shared memory): not timed
     probe.run_load(url, model, requests[warm], expected[warm], args.clients, args.request_timeout)
-    result = probe.run_load(url, model, requests, expected, args.clients, args.request_timeout, args.deadline)
+    result = probe.run_load(
+        url, model, requests, expected, args.clients, args.request_timeout, args.deadline, args.atol
+    )
     images = sum(len(r) for r in requests)
     served_ips = result.images / result.seconds
     ref_ips = images / sum(reference_s)
     print(f"  load: {args.clients} clients × {args.requests} requests of {args.batch} images ({images} images)")
     print(
         f"    sent {result.sent}, answered {result.answered}, failed {result.failed}, wrong {result.wrong}, "
-        f"lost {result.lost}; worst |served - in-process| {result.worst_error:.2e}"
+        f"lost {result.lost}; worst |served - in-process| {result.worst_error:.2e} (tolerance {args.atol:g})"
     )
     print(
         f"    served:     {served_ips:7.1f} img/s, {result.answered / result.seconds:6.2f} req/s, latency p50 "
@@ -121,7 +122,7 @@ def load_phase(url: str, model: str, requests, expected, reference_s: list[float
 
 def fault_phase(url: str, model: str, shape: tuple[int, ...], requests, expected, args) -> list[tuple[str, str, str]]:
     rows = []
-    background = Background(url, model, requests[:4], expected[:4])
+    background = Background(url, model, requests[:4], expected[:4], args.atol)
     background.thread.start()
     for case in probe.FAULTS:
         ok0, failed0 = background.window()
@@ -131,7 +132,7 @@ def fault_phase(url: str, model: str, shape: tuple[int, ...], requests, expected
         while background.window()[0] <= ok0 + 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         ok1, failed1 = background.window()
-        after = probe.still_serving(url, model, requests[0], expected[0])
+        after = probe.still_serving(url, model, requests[0], expected[0], args.atol)
         others = f"{ok1 - ok0} answered, {failed1 - failed0} failed"
         rows.append((case, got, f"{'yes' if after and failed1 == failed0 else 'NO'} (other client: {others})"))
     background.stop.set()
@@ -139,12 +140,12 @@ def fault_phase(url: str, model: str, shape: tuple[int, ...], requests, expected
     return rows
 
 
-def shutdown_phase(process: subprocess.Popen, url: str, metrics: str, model: str, requests, expected) -> tuple:
+def shutdown_phase(process: subprocess.Popen, url: str, metrics: str, model: str, requests, expected, args) -> tuple:
     in_flight = requests[:6]
     start = time.perf_counter()
     stop = lambda: process.send_signal(signal.SIGTERM)  # noqa: E731
     accepted = probe.accepted_requests(metrics, model)
-    result = probe.during_shutdown(url, model, stop, in_flight, expected[:6], accepted)
+    result = probe.during_shutdown(url, model, stop, in_flight, expected[:6], accepted, atol=args.atol)
     code = process.wait(timeout=120)
     answered = (
         f"in flight: {result.answered}/{result.in_flight} answered ({result.accepted} accepted by the server "
@@ -179,7 +180,7 @@ def run_mode(mode: str, bundle: Path, workdir: Path, requests, expected, referen
     try:
         load_phase(url, model, requests, expected, reference_s, args)
         rows = fault_phase(url, model, shape, requests, expected, args)
-        rows.append(shutdown_phase(process, url, metrics, model, requests, expected))
+        rows.append(shutdown_phase(process, url, metrics, model, requests, expected, args))
     finally:
         if process.poll() is None:
             process.kill()
@@ -206,6 +207,7 @@ def main() -> None:
     args = p.parse_args()
     low, high = (int(v) for v in args.batch.split(":"))
     runner = tokcompile.load(args.bundle)
+    args.atol = probe.tolerance(runner.precision)
     manifest: dict[str, Any] = runner.manifest
     shape = tuple(manifest["model"]["input_shape"])
     pool = next(image_batches(args.images, manifest["model"]["timm_name"], 64, limit=64))

@@ -1,8 +1,9 @@
 """Exported repositories on the real ``tritonserver`` binary and Python backend of nvidia-pytriton
 (``tritonserver --model-repository ... --backend-directory ...``, loopback, free ports): one
-server for the module holds an EViT (static) and an ATS (staged) repository. Clients send plain
-images (the repository's client.py); answers equal ``tokcompile.load`` per request under
-concurrent dynamic batching."""
+server for the module holds an EViT (static) and an ATS (staged, buckets) repository, a second
+one an AdaViT repository (staged, extra dims cut per batch; slow: its bundle takes a while). Clients send plain images (the repository's client.py);
+answers equal ``tokcompile.load`` per request under concurrent dynamic batching: the server runs
+the in-process stage loop, there is no second copy to diverge."""
 
 from __future__ import annotations
 
@@ -79,17 +80,33 @@ def test_environment_points_the_stub_at_this_python() -> None:
     assert env["PYTHONPATH"].split(":")[0] == str(Path(tokcompile.__file__).resolve().parents[1])
 
 
-@pytest.mark.parametrize("method", ["evit", "ats"])
-def test_concurrent_requests_equal_in_process(method: str, server, bundles, images: np.ndarray) -> None:
-    runner = tokcompile.load(bundles[method])
+def check_concurrent_requests(server: TritonServer, model: str, source: Path, images: np.ndarray) -> None:
+    """4 clients × 4 requests of 1..4 images: each answer equals the in-process runner on that
+    request alone, and requests did share runs."""
+    runner = tokcompile.load(source)
     requests = probe.make_requests(images, 16, 1, MAX_BATCH, seed=2)
     expected, _ = probe.reference(runner, requests)
-    before = model_stats(server.ends.http, method)
-    result = probe.run_load(server.ends.http, method, requests, expected, clients=4, timeout_s=60)
+    before = model_stats(server.ends.http, model)
+    result = probe.run_load(server.ends.http, model, requests, expected, clients=4, timeout_s=60)
     assert (result.sent, result.answered, result.failed, result.wrong) == (16, 16, 0, 0), result.errors
-    answered, served_images, runs = (a - b for a, b in zip(model_stats(server.ends.http, method), before))
+    answered, served_images, runs = (a - b for a, b in zip(model_stats(server.ends.http, model), before))
     assert (answered, served_images) == (16, sum(len(r) for r in requests))
     assert runs < answered, "no two requests shared a run"
+
+
+@pytest.mark.parametrize("method", ["evit", "ats"])
+def test_concurrent_requests_equal_in_process(method: str, server, bundles, images: np.ndarray) -> None:
+    check_concurrent_requests(server, method, bundles[method], images)
+
+
+@pytest.mark.slow
+def test_adavit_extra_dims_on_the_server(bundle, images: np.ndarray, tmp_path: Path) -> None:
+    """AdaViT cuts its kept-head and MLP-row tensors to each batch's largest count (extra dims),
+    which the old client-side stage loop lacked; served, it runs the in-process loop."""
+    source = bundle("test_vit", method="adavit", buckets="32,64")
+    triton_repo_from_bundle(source, tmp_path / "repo", name="adavit", max_batch=MAX_BATCH, max_queue_delay_us=20000)
+    with TritonServer([tmp_path / "repo"], endpoints("127.0.0.1", *free_ports(3)), tmp_path) as server:
+        check_concurrent_requests(server, "adavit", source, images)
 
 
 def test_repository_client(server, repos, bundles, images: np.ndarray) -> None:
