@@ -9,6 +9,7 @@ one-line errors, exit 1, nothing left running.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from cli_helpers import assert_user_error, run
 from serving import Served, alive, children, model_stats, sample_images, serve_cli
@@ -23,6 +25,8 @@ from serving import Served, alive, children, model_stats, sample_images, serve_c
 import tokcompile
 from tokcompile.deploy import probe
 from tokcompile.deploy.tritonserver import free_ports
+from tokcompile.models.weights import file_sha256
+from tokcompile.runtime.bundle import MANIFEST
 
 pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not installed")
 pytest.importorskip("tritonclient.http")
@@ -173,6 +177,24 @@ def test_bad_input_to_serve(capsys, bundle, tmp_path: Path) -> None:
         busy.listen()
         code, _, err = run(capsys, "serve", str(evit), *ports, "-q")
     assert_user_error(code, err, rf"cannot serve on 127.0.0.1:{grpc} \(port in use\); choose another --grpc-port")
+    assert "tritonserver" not in children().values()
+
+
+def test_a_model_that_fails_to_load_in_the_server(capsys, bundle, tmp_path: Path) -> None:
+    """A bundle that passes its hash check but that ONNX Runtime rejects: the server's reason in
+    one line, exit 1, tritonserver gone."""
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle("test_vit"), broken)
+    model = onnx.load(str(broken / "model.onnx"))
+    next(n for n in model.graph.node if n.op_type == "MatMul").op_type = "NoSuchOp"
+    onnx.save(model, str(broken / "model.onnx"))
+    manifest = json.loads((broken / MANIFEST).read_text())
+    manifest["files"]["model.onnx"]["sha256"] = file_sha256(broken / "model.onnx")
+    (broken / MANIFEST).write_text(json.dumps(manifest))
+    http, grpc, metrics = free_ports(3)
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    code, _, err = run(capsys, "serve", str(broken), *ports, "-q")
+    assert_user_error(code, err, r"tritonserver exited \(code 1\): model 'broken' failed to load: .*NoSuchOp")
     assert "tritonserver" not in children().values()
 
 

@@ -18,7 +18,7 @@ from cli_helpers import assert_user_error, run
 
 from tokcompile import TokcompileError
 from tokcompile.deploy import triton_client, triton_entry
-from tokcompile.deploy.triton import MARKER, read_repository, triton_repo_from_bundle
+from tokcompile.deploy.triton import MARKER, batching, read_repository, triton_repo_from_bundle
 from tokcompile.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -136,6 +136,10 @@ def test_tensorrt_bundle(evit_bundle: Path, tmp_path: Path) -> None:
     assert parse_config(tmp_path / "m32" / trt_bundle.name / "config.pbtxt").max_batch_size == 32
     with pytest.raises(TokcompileError, match="--max-batch 33 exceeds the 32 images"):
         triton_repo_from_bundle(trt_bundle, tmp_path / "m33", max_batch=33)
+    # tokcompile serve without a GPU: CPU instances (the runner falls back to the ONNX files).
+    manifest = json.loads((trt_bundle / MANIFEST).read_text())
+    assert batching(manifest=manifest).kind == "KIND_GPU" and batching(manifest=manifest, gpu=False).kind == "KIND_CPU"
+    assert batching(manifest=json.loads((evit_bundle / MANIFEST).read_text())).kind == "KIND_CPU"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m32", "models", "trt-bundle"]  # nothing half-written
 
 

@@ -45,16 +45,21 @@ def _prepare(
         return target, model, manifest
     manifest = read_manifest(target)  # a one-line error names a missing or corrupt bundle
     model = model_name(target, name)
+    gpu = manifest["backend"] != "tensorrt" or _cuda_visible()
+    if not gpu:
+        logger.warning("serve: no CUDA device here; the TensorRT bundle's instances run its ONNX files on the CPU")
+    values = (settings["max_batch"], settings["max_queue_delay_us"], settings["instances"])
     repository = workdir / "repository"
     write_entry_model(
-        repository / model,
-        model,
-        target,
-        manifest,
-        batching(settings["max_batch"], settings["max_queue_delay_us"], settings["instances"], manifest),
-        copy_bundle=False,
+        repository / model, model, target, manifest, batching(*values, manifest, gpu=gpu), copy_bundle=False
     )
     return repository, model, manifest
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def serve(

@@ -59,6 +59,7 @@ class Batching:
     max_batch: int
     max_queue_delay_us: int
     instances: int
+    kind: str = "KIND_CPU"  # instance_group kind: KIND_GPU for TensorRT bundles (one GPU each)
 
 
 def batching(
@@ -66,15 +67,19 @@ def batching(
     max_queue_delay_us: Optional[int] = None,
     instances: Optional[int] = None,
     manifest: Optional[dict[str, Any]] = None,
+    gpu: bool = True,
 ) -> Batching:
     """Resolve defaults and check ranges; raises TokcompileError naming the flag. With a TensorRT
-    bundle's ``manifest``, the batch is capped by (by default) or checked against its engines."""
+    bundle's ``manifest``, the batch is capped by (by default) or checked against its engines, and
+    the instances are GPU instances unless ``gpu`` is False (no GPU: they run the ONNX files)."""
     cap = _engine_max_batch(manifest) if manifest is not None else None
     default = min(_defaults.TRITON_MAX_BATCH, cap or _defaults.TRITON_MAX_BATCH)
+    tensorrt = manifest is not None and manifest.get("backend") == "tensorrt"
     resolved = Batching(
         default if max_batch is None else max_batch,
         _defaults.TRITON_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us,
         _defaults.TRITON_INSTANCES if instances is None else instances,
+        "KIND_GPU" if tensorrt and gpu else "KIND_CPU",
     )
     if resolved.max_batch < 1:
         raise TokcompileError(f"--max-batch must be ≥ 1, got {resolved.max_batch}")
@@ -114,7 +119,12 @@ def _output_dims(bundle: Path, manifest: dict[str, Any]) -> dict[str, list[int]]
         value = final.get(name)
         for stage in manifest["stages"]:
             if value in stage["outputs"]:
-                graph = onnx.load(str(bundle / stage["file"]), load_external_data=False).graph
+                try:
+                    graph = onnx.load(str(bundle / stage["file"]), load_external_data=False).graph
+                except Exception as exc:  # a corrupt protobuf raises DecodeError, among others
+                    raise TokcompileError(
+                        f"cannot read '{bundle / stage['file']}' ({exc}); rebuild the bundle"
+                    ) from None
                 (tensor,) = [t for t in graph.output if t.name == value]
                 shape = tensor.type.tensor_type.shape.dim[1:]
                 dims[name] = [d.dim_value if d.HasField("dim_value") else -1 for d in shape]
@@ -128,7 +138,6 @@ def entry_config(
 ) -> str:
     """config.pbtxt of the entry model serving a bundle (``bundle_parameter``: where model.py finds it;
     ``dims``: per output, its dims without the batch)."""
-    kind = "KIND_GPU" if manifest.get("backend") == "tensorrt" else "KIND_CPU"
     image_dims = ", ".join(map(str, manifest["model"]["input_shape"]))
     outputs = ",\n".join(
         f'  {{\n    name: "{n}"\n    data_type: TYPE_FP32\n    dims: [ {", ".join(map(str, d))} ]\n  }}'
@@ -153,7 +162,7 @@ dynamic_batching {{
 instance_group [
   {{
     count: {settings.instances}
-    kind: {kind}
+    kind: {settings.kind}
   }}
 ]
 parameters {{

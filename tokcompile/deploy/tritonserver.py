@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import http.client
 import json
 import logging
@@ -161,7 +162,7 @@ def _bind_problem(host: str, port: int) -> Optional[str]:
         try:
             probe.bind(address)
         except OSError as exc:
-            return "port in use" if exc.errno == 98 else exc.strerror or str(exc)
+            return "port in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
     return None
 
 
@@ -242,6 +243,8 @@ class TritonServer:
         self._reader: Optional[threading.Thread] = None
 
     def command(self, backends: Path) -> list[str]:
+        # The token keeps remote clients from loading/unloading models; local users can read it
+        # from the process list, as they could stop the process anyway.
         e, restricted = self.ends, f"model-repository:{CONTROL_HEADER}={self.token}"
         return [
             str(self.dist.binary),
@@ -303,7 +306,7 @@ class TritonServer:
         text = "\n".join(self.log)
         match = re.search(r"failed to load '([^']+)' version \d+: (.*?)(?:\\n|\"$)", text, re.MULTILINE)
         if match:
-            return f"model '{match.group(1)}' failed to load: {match.group(2)}"
+            return f"model '{match.group(1)}' failed to load: {match.group(2)}".replace('\\"', '"')
         errors = [line for line in self.log if line.startswith("E") or line.startswith("error:")]
         for line in errors:
             if "Address already in use" in line or "failed to start" in line:
