@@ -18,17 +18,20 @@ from cli_helpers import assert_user_error, run
 
 from tokcompile import TokcompileError
 from tokcompile.deploy import triton_client, triton_entry
-from tokcompile.deploy.triton import MARKER, batching, read_repository, triton_repo_from_bundle
+from tokcompile.deploy.triton import MARKER, batching, read_repository, triton_repo_from_bundle, write_entry_model
 from tokcompile.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+def model_config_pb2() -> Any:
+    """Triton's model-config schema as tritonclient ships it (the serve extra)."""
+    return pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 
 def parse_config(path: Path) -> Any:
-    """config.pbtxt parsed with the ModelConfig message tritonclient ships (Triton's own schema)."""
+    """config.pbtxt parsed with Triton's own ModelConfig message (a schema violation raises)."""
     from google.protobuf import text_format
 
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return text_format.Parse(path.read_text(), model_config_pb2().ModelConfig())
 
 
 def onnx_dims(bundle: Path, manifest: dict[str, Any], output: str) -> list[int]:
@@ -68,17 +71,17 @@ def test_repository_layout_and_config(method: str, evit_bundle: Path, ats_bundle
 
     config = parse_config(repo / "m" / "config.pbtxt")
     assert config.name == "m" and config.backend == "python" and config.max_batch_size == 8
-    assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in config.input] == [
+    assert [(i.name, model_config_pb2().DataType.Name(i.data_type), list(i.dims)) for i in config.input] == [
         ("images", "TYPE_FP32", [3, 160, 160])
     ]
-    outputs = {o.name: (model_config_pb2.DataType.Name(o.data_type), list(o.dims)) for o in config.output}
+    outputs = {o.name: (model_config_pb2().DataType.Name(o.data_type), list(o.dims)) for o in config.output}
     assert outputs == {
         "logits": ("TYPE_FP32", onnx_dims(source, manifest, "logits")),
         "features": ("TYPE_FP32", onnx_dims(source, manifest, "features")),
     }
     assert outputs["logits"][1] == [1000] and outputs["features"][1] == [64]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2500
-    assert [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in config.instance_group] == [
+    assert [(g.count, model_config_pb2().ModelInstanceGroup.Kind.Name(g.kind)) for g in config.instance_group] == [
         (3, "KIND_CPU")
     ]
     assert config.parameters["bundle"].string_value == "bundle"
@@ -94,6 +97,17 @@ def test_defaults(evit_bundle: Path, tmp_path: Path) -> None:
     config = parse_config(tmp_path / "models" / name / "config.pbtxt")
     assert config.name == name and config.max_batch_size == 16
     assert config.dynamic_batching.max_queue_delay_microseconds == 1000 and config.instance_group[0].count == 1
+
+
+def test_serve_refers_to_the_bundle_in_place(ats_bundle: Path, tmp_path: Path) -> None:
+    """The model ``tokcompile serve`` writes for a bundle: the same config, the bundle by absolute path."""
+    manifest = json.loads((ats_bundle / MANIFEST).read_text())
+    write_entry_model(tmp_path / "m", "m", ats_bundle, manifest, batching(4, 0, 2, manifest), copy_bundle=False)
+    config = parse_config(tmp_path / "m" / "config.pbtxt")
+    assert config.parameters["bundle"].string_value == str(ats_bundle.resolve())
+    assert (config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds) == (4, 0)
+    assert config.instance_group[0].count == 2
+    assert sorted(p.name for p in (tmp_path / "m" / "1").iterdir()) == ["model.py"]
 
 
 def test_client_has_no_stage_loop() -> None:
@@ -130,7 +144,7 @@ def test_tensorrt_bundle(evit_bundle: Path, tmp_path: Path) -> None:
     triton_repo_from_bundle(trt_bundle, tmp_path / "models", name="m")
     config = parse_config(tmp_path / "models" / "m" / "config.pbtxt")
     assert config.max_batch_size == 16  # the default, under the engines' 32
-    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_GPU"
+    assert model_config_pb2().ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_GPU"
     assert (tmp_path / "models" / "m" / "1" / "bundle" / "model.trt10.13-sm90.engine").read_bytes() == b"engine"
     triton_repo_from_bundle(trt_bundle, tmp_path / "m32", max_batch=32)
     assert parse_config(tmp_path / "m32" / trt_bundle.name / "config.pbtxt").max_batch_size == 32
