@@ -2,7 +2,7 @@
 
 The bundle becomes one model: input 'images' FP32 [b, 3, H, W], outputs 'logits' and 'features'.
 Inside, the same staged runner as tokcompile.load (buckets, split by count, ONNX Runtime or
-TensorRT) runs each dynamic batch, so clients send plain images. TARGET may also be a
+TensorRT) runs each dynamic batch, so clients send plain images. BUNDLE may also be a
 repository written by 'tokcompile export-triton'. The server is the tritonserver of
 nvidia-pytriton (pip install 'tokcompile[serve]'). It serves until Ctrl-C or SIGTERM, then
 answers the requests in flight, refuses new ones and exits.
