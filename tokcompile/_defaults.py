@@ -68,8 +68,18 @@ PLUGIN_VERSION = "1"
 PLUGINS = "auto"
 PLUGIN_LIBRARY = "libtokcompile_plugins.so"  # self-registering build of plugins/ (CMakeLists.txt)
 
-# export-triton: max_batch_size of ONNX models (TensorRT models take it from their profiles)
+# Triton (tokcompile serve, export-triton): the entry model's dynamic batching and instances.
+# max_batch_size: TensorRT bundles cap it at their profiles' largest batch.
 TRITON_MAX_BATCH = 16
+TRITON_MAX_QUEUE_DELAY_US = 1000  # how long the batcher waits to fill a batch
+TRITON_INSTANCES = 1  # model instances (one Python-backend process each)
+# tokcompile serve: loopback unless asked (the control API is token-restricted, inference is not)
+SERVE_HOST = "127.0.0.1"
+SERVE_HTTP_PORT = 8000
+SERVE_GRPC_PORT = 8001
+SERVE_METRICS_PORT = 8002
+SERVE_READY_TIMEOUT_S = 300.0  # tritonserver start + every instance loading the bundle
+SERVE_DRAIN_TIMEOUT_S = 30.0  # graceful stop: how long in-flight requests may take to finish
 
 # staged (per-image token count) bundles
 PROFILE = "cpu-x86-2core"  # shipped, measured on the project's 2-core x86 machines

@@ -11,6 +11,7 @@ Commands:
   show     draw the patches each reduction layer kept or merged, on one image
   profile  measure a hardware profile: latency of one block vs token count
   export-triton  bundle → Triton Inference Server model repository
+  serve    bundle → Triton Inference Server (HTTP/gRPC, dynamic batching)
 
 Every command ends with one line: PASSED or FAILED and the time it took. A user mistake prints
 one line 'tokcompile: error: ...' before FAILED and exits with 1; an internal error prints its
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 from ..errors import TokcompileError
-from . import bench, build, compare, export_triton, inspect, list_cmd, profile, show, sweep
+from . import bench, build, compare, export_triton, inspect, list_cmd, profile, serve, show, sweep
 from . import eval as eval_cmd
 
 COMMANDS = {
@@ -43,6 +44,7 @@ COMMANDS = {
     "show": show,
     "profile": profile,
     "export-triton": export_triton,
+    "serve": serve,
 }
 
 
