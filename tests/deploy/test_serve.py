@@ -62,7 +62,7 @@ def test_logs_say_model_backend_buckets_and_url(server: Served) -> None:
     text = server.output()
     assert f"serve: model '{server.model}'" in text and "test_vit · ats · fp32" in text
     assert "backend onnxruntime" in text  # what the instance actually runs, reported from inside
-    assert "buckets after stage 0: 40,60,80,101" in text
+    assert "buckets after stage 0: 40,60,80;" in text
     assert f"HTTP http://{server.url}/v2/models/{server.model}/infer" in text and f"gRPC {server.grpc}" in text
 
 
