@@ -77,15 +77,24 @@ def serve_cli(target: Path, log: Path, *flags: str) -> Iterator[Served]:
                 process.wait(timeout=10)
 
 
-def model_stats(url: str, model: str) -> tuple[int, int, int]:
-    """(requests answered, images, model runs) so far, from Triton's statistics endpoint."""
-    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as response:
-        stats = json.loads(response.read())["model_stats"][0]
-    return (
-        int(stats["inference_stats"]["success"]["count"]),
-        int(stats["inference_count"]),
-        int(stats["execution_count"]),
-    )
+def model_stats(url: str, model: str, at_least: int = 0, timeout_s: float = 15.0) -> tuple[int, int, int]:
+    """(requests answered, images, model runs) so far, from Triton's statistics endpoint.
+
+    Triton counts a request once its response has gone out, so a client may hold the answer a
+    moment before the statistics show it: wait (bounded) until ``at_least`` requests are counted.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as response:
+            stats = json.loads(response.read())["model_stats"][0]
+        counts = (
+            int(stats["inference_stats"]["success"]["count"]),
+            int(stats["inference_count"]),
+            int(stats["execution_count"]),
+        )
+        if counts[0] >= at_least or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
 
 
 def _stat(pid: int | str) -> tuple[str, str, int]:
