@@ -141,6 +141,7 @@ def check_directory(
 def output_lock(path: Path, flag: str = "-o") -> Iterator[None]:
     """Hold an exclusive advisory lock for writing ``path``; fail at once if another process has it."""
     path = Path(path)
+    _check_parents(path, flag)
     lock = path.parent / f".{path.name}{LOCK_SUFFIX}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

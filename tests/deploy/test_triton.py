@@ -19,7 +19,7 @@ from cli_helpers import assert_user_error, run
 from tokcompile import TokcompileError
 from tokcompile.deploy import triton_client, triton_entry
 from tokcompile.deploy.triton import MARKER, batching, read_repository, triton_repo_from_bundle, write_entry_model
-from tokcompile.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
+from tokcompile.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, hash_files
 
 
 def model_config_pb2() -> Any:
@@ -133,7 +133,8 @@ def fake_tensorrt_bundle(evit_bundle: Path, directory: Path) -> Path:
         tensorrt_file="model.trt10.13-sm90.engine",
         tensorrt_profiles=[{"bucket": "fallback", "shapes": shapes}, {"bucket": 1, "shapes": shapes}],
     )
-    manifest.update(backend="tensorrt", stages=[stage], files={}, tensorrt={"version": "10.13.0.35"})
+    manifest.update(backend="tensorrt", stages=[stage], tensorrt={"version": "10.13.0.35"})
+    manifest["files"] = hash_files(directory, [p.name for p in directory.iterdir()])
     assert manifest["format"] == FORMAT and manifest["format_version"] == FORMAT_VERSION
     (directory / MANIFEST).write_text(json.dumps(manifest))
     return directory
