@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import torch
 import torch.fx as fx
 
 from tokcompile.methods import get_method, resolve_config
@@ -41,10 +42,23 @@ def method_graph(
     return result.graph_module, ctx
 
 
-def assert_noop(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext) -> fx.GraphModule:
-    """Run ``passes``; they must report no change and leave the code and node count as they were."""
+def _outputs(gm: fx.GraphModule, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        out = gm(images)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def assert_noop(
+    gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext, images: Optional[torch.Tensor] = None
+) -> fx.GraphModule:
+    """Run ``passes``; they must report no change and leave the code and node count as they were
+    (and, given ``images``, every output bit for bit)."""
     code, nodes = gm.code, len(gm.graph.nodes)
+    before = _outputs(gm, images) if images is not None else None
     result = run_passes(gm, passes, ctx)
     assert result.modified is False, [getattr(p, "__name__", p) for p in passes]
     assert result.graph_module.code == code and len(result.graph_module.graph.nodes) == nodes
+    if before is not None:
+        after = _outputs(result.graph_module, images)
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     return result.graph_module

@@ -128,14 +128,8 @@ def test_models_without_a_single_cls_are_refused(models) -> None:
 
 def test_second_run_changes_nothing(models, images) -> None:
     gm, ctx = method_graph(models, "ats")
-    x = images(ctx.spec, 3)
-    with torch.no_grad():
-        first = gm(x)
     gm = assert_noop(gm, (insert_ats_sample,), ctx)
-    gm = assert_noop(gm, get_method("ats").pipeline, ctx)
-    with torch.no_grad():
-        again = gm(x)
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert_noop(gm, get_method("ats").pipeline, ctx, images(ctx.spec, 3))
 
 
 # ----------------------------------------------------------------------------- numerics

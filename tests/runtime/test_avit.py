@@ -79,7 +79,10 @@ def test_avit_compare_and_stages(avit_bundle):
     assert len(manifest["stages"]) == manifest["model"]["depth"]
     assert manifest["method"]["params"] == {"gamma": GAMMA, "beta": BETA, "eps": 0.01}
     report = compare(avit_bundle, batch=4, samples=1)
-    assert report.passed and all(v == 1.0 for v in report.layer_agreement.values())
+    depth = manifest["model"]["depth"]
+    assert report.passed and report.layer_agreement == {
+        f"{k}_{i}": 1.0 for i in range(depth - 1) for k in ("count", "kept_ids")
+    }
 
 
 def test_avit_refuses_models_without_single_cls(models):
