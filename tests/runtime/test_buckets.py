@@ -45,6 +45,19 @@ def test_validate_buckets():
         validate_buckets([0, 64], 197)
 
 
+def test_expected_latency_is_the_mean_over_every_batch():
+    """The closed form (CDF of the batch maximum) against enumerating every batch of the counts;
+    the other bucket tests use expected_latency as their yardstick, so it is checked on its own."""
+    import itertools
+
+    counts = [5, 9, 9, 14, 20, 31]
+    buckets = (8, 16, 32)
+    curve = lambda n: 1.0 + 0.1 * n  # noqa: E731
+    for batch in (1, 2, 3):
+        padded = [min(b for b in buckets if b >= max(draw)) for draw in itertools.product(counts, repeat=batch)]
+        assert expected_latency(buckets, counts, curve, batch) == pytest.approx(np.mean([curve(n) for n in padded]))
+
+
 def test_step_ends_of_staircase():
     assert step_ends(staircase(32), 197) == [32, 64, 96, 128, 160, 192]
 

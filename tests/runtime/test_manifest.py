@@ -85,7 +85,10 @@ def test_staged_manifest_fields(copy_of):
 def test_deeply_nested_and_non_object_json(copy_of):
     out = copy_of()
     (out / "manifest.json").write_text("[" * 100000 + "]" * 100000)
-    with pytest.raises(tokcompile.TokcompileError, match="not valid JSON|not a tokcompile bundle"):
+    with pytest.raises(tokcompile.TokcompileError, match="manifest.json' is not valid JSON .*rebuild the bundle"):
+        bundle_io.read_manifest(out)
+    (out / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(tokcompile.TokcompileError, match="is not a tokcompile bundle"):
         bundle_io.read_manifest(out)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tokcompile
 from tokcompile import TokcompileError
 from tokcompile.data.images import ImageStats, load_batches, preprocessing, spread
 from tokcompile.data.labels import UNLABELLED, imagenet_wnids, label_of, labels_of, top1_accuracy, wnid_of
@@ -105,8 +106,20 @@ def test_evaluate_tiny_folder(bundle, dense, folder, caplog):
         result = evaluate(bundle("test_vit"), images=folder, batch=2, dense=dense)
     assert "broken.jpg" in caplog.text
     assert (result.images, result.skipped, result.labelled) == (3, 1, 2)
-    assert 0.0 <= result.agreement <= 1.0 and -1.0 <= result.cosine_min <= result.cosine_mean <= 1.0
-    assert result.top1 is not None and 0.0 <= result.top1 <= 1.0 and result.dense_top1 is not None
+    # The figures recomputed here from both models' outputs on the same preprocessed images.
+    files = sorted(p for p in folder.rglob("*.png"))
+    x = np.concatenate([b for b, _ in load_batches(files, "test_vit", 8)])
+    ours = tokcompile.load(bundle("test_vit")).run(x)
+    theirs = dense(x, ("logits", "features"))
+    labels = np.array([{f"{TENCH}_x.png": 0, "x.png": 1}.get(p.name, -1) for p in files])
+    top, dense_top = ours["logits"].argmax(1), theirs["logits"].argmax(1)
+    a, b = ours["features"].astype(np.float64), theirs["features"].astype(np.float64)
+    cosines = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert result.agreement == pytest.approx(np.mean(top == dense_top))
+    assert result.cosine_mean == pytest.approx(cosines.mean(), abs=1e-6)
+    assert result.cosine_min == pytest.approx(cosines.min(), abs=1e-6)
+    assert result.top1 == pytest.approx(np.mean(top[labels >= 0] == labels[labels >= 0]))
+    assert result.dense_top1 == pytest.approx(np.mean(dense_top[labels >= 0] == labels[labels >= 0]))
     assert result.images_per_s > 0 and result.dense_images_per_s > 0 and result.speedup > 0
     assert result.method == "evit" and result.precision == "fp32" and not result.random_inputs
     text = "\n".join(result.lines())

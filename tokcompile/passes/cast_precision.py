@@ -66,7 +66,10 @@ def _keep_float32(gm: fx.GraphModule, node: fx.Node) -> None:
 def cast_precision(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     precision = ctx.info.get("precision", "fp32")
     dtype = precision_dtype(precision)
-    if dtype is torch.float32 or gm.meta.get(DONE_KEY) == precision:
+    done = gm.meta.get(DONE_KEY)
+    if done is not None and done != precision:  # its casts and islands would stack: a broken graph
+        raise ValueError(f"the graph is already cast to {done}; capture the model again to build {precision}")
+    if dtype is torch.float32 or done == precision:
         return PassResult(gm, False)
     graph = gm.graph
     gm.to(dtype)

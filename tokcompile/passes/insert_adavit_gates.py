@@ -224,12 +224,17 @@ def _block_parts(gm: fx.GraphModule, block: BlockNodes) -> dict[str, Any]:
             f"method 'adavit' rewrites DeiT-style blocks (norm1 → attn.qkv ... norm2 → mlp.fc1); block '{path}' "
             "is not one"
         )
+    # timm's LayerScale and LayerNorm are traced through, not called as modules: only their
+    # parameters (get_attr) show that they are there.
+    params = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
     for name in ("attn.q_norm", "attn.k_norm", "attn.norm", "ls1", "ls2", "mlp.norm"):
         module = gm.get_submodule(f"{path}.{name}") if f"{path}.{name}" in by_target else torch.nn.Identity()
-        if not isinstance(module, (torch.nn.Identity, torch.nn.Dropout)):
+        traced = next((t for t in params if t.startswith(f"{path}.{name}.")), None)
+        if traced is not None or not isinstance(module, (torch.nn.Identity, torch.nn.Dropout)):
+            kind = f"a layer with parameter '{traced}'" if traced is not None else type(module).__name__
             raise TokcompileError(
                 f"method 'adavit' supports DeiT blocks as the official AdaViT defines them; '{path}.{name}' is "
-                f"{type(module).__name__} (no qk-norm, LayerScale or extra norms)"
+                f"{kind} (no qk-norm, LayerScale or extra norms)"
             )
     act = gm.get_submodule(f"{path}.mlp.act")
     if not (isinstance(act, torch.nn.GELU) and act.approximate == "none"):

@@ -100,6 +100,8 @@ def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         for node in (op, rows, count, tokens, valid, ids):
             node.meta[BOUNDARY_KEY] = block.index
         outputs += [(f"count_{block.index}", count), (f"kept_ids_{block.index}", ids)]
+    if not outputs:  # none of cfg.layers is a block of this graph: nothing was inserted
+        return PassResult(gm, False)
     names = append_outputs(gm, outputs)
     ctx.info["outputs"] = names
     logger.info(
