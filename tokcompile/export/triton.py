@@ -34,6 +34,7 @@ from typing import Any, Optional
 import onnx
 
 from .. import _defaults
+from ..backends import get_backend
 from ..errors import TokcompileError
 from ..runtime.bundle import read_manifest, replace_path
 from ..runtime.commands import plugin_library, stage_profiles, uses_plugins
@@ -223,7 +224,14 @@ def triton_repo_from_bundle(
         raise TokcompileError(f"'{repo}' exists; choose another REPO or pass --force to replace it")
     base = model_name(bundle, name)
     stages = manifest["stages"]
-    tensorrt = manifest.get("backend") == "tensorrt"
+    backend = get_backend(manifest["backend"])
+    tensorrt = backend.triton_platform == "tensorrt_plan"
+    if not tensorrt and manifest.get("tensorrt"):
+        logger.warning(
+            "export-triton: Triton's TensorRT backend cannot run %s engines; the repository serves the bundle's "
+            "ONNX files with ONNX Runtime",
+            backend.label,
+        )
     plugin = plugin_library(manifest) if tensorrt and uses_plugins(manifest) else None
     if plugin and not (bundle / plugin).is_file():
         raise TokcompileError(f"bundle '{bundle}' has plugin nodes but no '{plugin}'; rebuild it")

@@ -1,10 +1,10 @@
 """``tokcompile compare``: the bundle against the eager PyTorch model it was built from.
 
 Polygraphy does the running and the numeric check: a ``TorchRunner`` (eager GraphModule on
-the CPU; Polygraphy's own PytRunner needs CUDA) and an ``OnnxrtRunner`` over the file the
-bundle's ONNX Runtime backend executes (a ``TrtRunner`` over the engine of a TensorRT bundle where
-TensorRT runs; staged bundles go through the staged runner), driven by ``Comparator.run`` and checked on the logits
-with ``Comparator.compare_accuracy``. Beyond that this module reports top-1 agreement and, per
+the CPU; Polygraphy's own PytRunner needs CUDA) and a runner over the bundle as
+``tokcompile.load`` runs it (its engines where its backend runs here, else its ONNX files with
+ONNX Runtime), driven by ``Comparator.run`` and checked on the logits with
+``Comparator.compare_accuracy``. Beyond that this module reports top-1 agreement and, per
 reduction layer, whether both sides kept the same tokens: a precision change that flips a
 selection shows up as a flip, not as a vague tolerance failure. Merging methods (ToMe) report
 ``merge_map_<block>`` outputs as partitions of the original tokens: a layer agrees on an image
@@ -25,7 +25,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 
 from .. import _defaults
-from ..backends import tensorrt as trt_backend
+from ..backends import REFERENCE, get_backend
 from ..passes._outputs import named_outputs
 from ..runtime.bundle import read_manifest
 
@@ -33,19 +33,14 @@ logger = logging.getLogger(__name__)
 
 
 class StagedBundleRunner(BaseRunner):
-    """Polygraphy runner over a staged bundle (stage files + bucket dispatch, ONNX Runtime or TensorRT)."""
+    """Polygraphy runner over a bundle as ``tokcompile.load`` runs it (stage files + bucket dispatch)."""
 
-    def __init__(
-        self, directory: Path, input_name: str, input_shape: tuple[int, ...], backend: str = "onnxruntime"
-    ) -> None:
-        super().__init__(name=f"{backend}-staged", prefix=f"{backend}-staged")
-        self.directory, self.input_name, self.input_shape = directory, input_name, input_shape
-        self.backend = backend
+    def __init__(self, runner: Any, input_name: str, input_shape: tuple[int, ...]) -> None:
+        super().__init__(name=runner.backend, prefix=runner.backend)
+        self.runner, self.input_name, self.input_shape = runner, input_name, input_shape
 
     def activate_impl(self):
-        from ..runtime.runner import load
-
-        self.runner = load(self.directory, backend=self.backend)
+        pass
 
     def get_input_metadata_impl(self):
         from polygraphy.common import TensorMetadata
@@ -156,20 +151,22 @@ def compare(
     seed: int = 0,
 ) -> CompareReport:
     """Run the bundle and its PyTorch reference on the same inputs and report agreement."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.comparator import compare as polygraphy_compare
 
     from ..api import rebuild
+    from ..runtime.runner import BundleRunner
     from .images import image_batches
 
     directory = Path(bundle)
     manifest = read_manifest(directory)
     stage = manifest["stages"][0]
-    # A TensorRT bundle runs its engines where TensorRT and a GPU are present, its ONNX files elsewhere.
-    unavailable = trt_backend.available(torch_cuda=True) if manifest["backend"] == "tensorrt" else "not built"
-    backend = "tensorrt" if unavailable is None else "onnxruntime"
-    precision = manifest["precision"] if backend == "tensorrt" else stage["onnxruntime_precision"]
+    # A bundle runs its engines where its backend runs here, its ONNX files (ONNX Runtime) elsewhere.
+    built = get_backend(manifest["backend"])
+    unavailable = built.unavailable(manifest)
+    backend = built if unavailable is None else get_backend(REFERENCE)
+    loaded = BundleRunner(directory, manifest, backend=backend.name)
+    precision = loaded.precision
     atol = atol if atol is not None else _defaults.COMPARE_ATOL[precision]
     batch = batch or _defaults.COMPARE_BATCH
     gm, spec, info = rebuild(manifest, precision=precision)
@@ -181,16 +178,7 @@ def compare(
     input_name = stage["inputs"][0]
     feeds = [OrderedDict([(input_name, x)]) for x in data]
     outputs = info.get("outputs") or named_outputs(gm)
-    if len(manifest["stages"]) == 1 and backend == "tensorrt":
-        from polygraphy.backend.trt import TrtRunner
-
-        bundle_runner = TrtRunner(trt_backend.load_engine(directory, stage, manifest), name="tensorrt")
-    elif len(manifest["stages"]) == 1:
-        onnx_path = directory / stage["onnxruntime_file"]
-        bundle_runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxruntime")
-    else:
-        bundle_runner = StagedBundleRunner(directory, input_name, shape, backend)
-    runners = [TorchRunner(gm, input_name, shape, outputs), bundle_runner]
+    runners = [TorchRunner(gm, input_name, shape, outputs), StagedBundleRunner(loaded, input_name, shape)]
     results = Comparator.run(runners, data_loader=feeds)
     # SimpleCompareFunc replaces CompareFunc.simple in newer Polygraphy; older ones have only the latter.
     simple = getattr(polygraphy_compare, "SimpleCompareFunc", None) or CompareFunc.simple
@@ -225,8 +213,8 @@ def compare(
         groups = [(_canonical_groups(a), _canonical_groups(b)) for a, b in zip(ref[name], got[name])]
         report.layer_agreement[name] = float(np.mean([np.array_equal(a, b) for a, b in groups]))
         report.layer_overlap[name] = float(np.mean([_same_group_share(a, b) for a, b in groups]))
-    if manifest["backend"] == "tensorrt" and backend != "tensorrt":
-        report.notes.append(f"note: TensorRT cannot run here ({unavailable}); compared the bundle's ONNX files")
+    if backend is not built:
+        report.notes.append(f"note: {built.label} cannot run here ({unavailable}); compared the bundle's ONNX files")
     if precision != manifest["precision"]:
         report.notes.append(
             f"note: ONNX Runtime cannot run the {manifest['precision']} graph on this CPU; compared its fp32 twin"
