@@ -7,13 +7,14 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__, _defaults
+from . import __version__, _defaults, outputs
 from .errors import TokcompileError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,18 @@ def _versions() -> dict[str, str]:
         "onnxscript": onnxscript.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Log only warnings from logger ``name`` inside the block."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _fingerprint(model: str, weights: dict[str, Any], method: str, params: Any, precision: str, backend: str) -> str:
@@ -145,7 +158,7 @@ def build(
     from .backends import onnxruntime as ort_backend
     from .backends import resolve
     from .backends.base import BuildOptions
-    from .methods import apply_method, get_method, resolve_config
+    from .methods import METHODS, apply_method, get_method, resolve_config
     from .models import create_model
     from .models.flops import count_gmacs
     from .ops import TOKEN_OPS
@@ -172,112 +185,121 @@ def build(
     chosen, options = resolve(backend, requested)
     chosen.lowering(plugins, ())  # a mode the backend cannot build is refused before any work
     m = get_method(method_name)
+    out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
+    # Before the model loads (seconds): refuse outputs that no build may write; whether an existing
+    # bundle is this very build is known once the weights are hashed, under the lock below.
+    outputs.check_directory(out, bundle_io.owned_files, "tokcompile bundle", force=True)
     model_kwargs = dict(model_kwargs or {})
     torch_model, spec, weights_record = create_model(model, weights=weights, seed=seed, **model_kwargs)
     config = resolve_config(m, spec, params)
     method_params = config.params() if config is not None else {}
-    out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
     build_choices = {"plugins": plugins, "tf32": options.tf32, "target_sm": options.target_sm}
     fingerprint = _fingerprint(
         spec.name, weights_record, m.name, [method_params, model_kwargs, build_choices], precision, chosen.name
     )
-    bundle_io.check_output(out, fingerprint, force)
+    with outputs.output_lock(out):  # one build writes an output at a time
+        bundle_io.check_output(out, fingerprint, force)
 
-    staged_flags = {"--buckets": buckets, "--max-buckets": max_buckets, "--calib": calib, "--profile": profile}
-    if not m.staged and any(v is not None for v in staged_flags.values()):
-        given = ", ".join(k for k, v in staged_flags.items() if v is not None)
-        raise TokcompileError(
-            f"{given} apply to methods with per-image token counts (ats); method '{m.name}' has static counts"
-        )
-    plan = plan_calibration(spec, calib, buckets, max_buckets, profile) if m.staged else None
-    if "notice" in weights_record:  # every input is valid now: say it once, prominently
-        logger.warning("%s", weights_record.pop("notice"))
-    gm, info = apply_method(torch_model, spec, m, config, precision)
-    for warning in info.get("method_warnings", []):
-        logger.warning("WARNING: %s", warning)
-    # the lowering this backend can build: e.g. no plugin nodes for one that runs no plugins
-    lowering = chosen.lowering(plugins, {TOKEN_OPS[n.target] for n in gm.graph.nodes if n.target in TOKEN_OPS})
-    staged = info.get("stages", 1) > 1
-    gmacs_dense = count_gmacs(torch_model, spec.input_shape)
-    with bundle_io.staging_dir(out) as tmp:
-        stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model", lowering)
-        files = [s["file"] for s in stages]
-        for s in stages:
-            s["onnxruntime_file"], s["onnxruntime_precision"] = s["file"], precision
-        # The fp32 graph serves the twin (if needed), GMAC counting and calibration: build it once.
-        reduced_fp32 = gm if precision == "fp32" else apply_method(torch_model, spec, m, config, "fp32")[0]
-        reason = ort_backend.cannot_execute(tmp / stages[0]["file"]) if precision != "fp32" else None
-        if reason is not None:
-            logger.warning(
-                "ONNX Runtime cannot execute the %s graph on this CPU (%s); exporting an fp32 twin "
-                "for checks (TensorRT and GPUs run the %s files themselves)",
-                precision,
-                reason,
-                precision,
+        staged_flags = {"--buckets": buckets, "--max-buckets": max_buckets, "--calib": calib, "--profile": profile}
+        if not m.staged and any(v is not None for v in staged_flags.values()):
+            given = ", ".join(k for k, v in staged_flags.items() if v is not None)
+            raise TokcompileError(
+                f"{given} apply to methods with per-image token counts "
+                f"({', '.join(n for n, x in METHODS.items() if x.staged)}); method '{m.name}' has static counts"
             )
-            twins, _ = _export_model(reduced_fp32, spec, tmp, "stage_fp32_" if staged else "model.fp32", lowering)
-            for s, t in zip(stages, twins):
-                s.update(onnxruntime_file=t["file"], onnxruntime_precision="fp32", onnxruntime_note=reason)
-            files += [t["file"] for t in twins]
-        if plan is not None:
-            calibration = calibrate(plan, reduced_fp32, spec, stages, final)
-            gmacs = calibration.pop("gmacs")
-            tokens = calibration
-        else:
-            gmacs = count_gmacs(reduced_fp32, spec.input_shape) if m.pipeline else gmacs_dense
-            tokens = info["tokens"]
-        # after calibration: the TensorRT profiles follow each stage's buckets
-        chosen.plan(tmp, stages, spec.num_tokens, options)
-        built = chosen.build(tmp, stages, spec.num_tokens, options)
-        files += built.files
-        manifest: dict[str, Any] = {
-            "format": bundle_io.FORMAT,
-            "format_version": bundle_io.FORMAT_VERSION,
-            "fingerprint": fingerprint,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": {
-                "name": model,
-                "timm_name": spec.name,
-                "kwargs": model_kwargs,
-                "input_shape": list(spec.input_shape),
-                "num_classes": spec.num_classes,
-                "depth": spec.depth,
-                "embed_dim": spec.embed_dim,
-                "num_heads": spec.num_heads,
-                "num_prefix_tokens": spec.num_prefix_tokens,
-                "patch_size": list(spec.patch_size),
-                "grid": list(spec.grid),
-            },
-            "weights": weights_record,
-            "method": {
-                "name": m.name,
-                "params": method_params,
-                **({"warnings": info["method_warnings"]} if info.get("method_warnings") else {}),
-            },
-            "precision": precision,
-            "backend": chosen.name,
-            "tf32": options.tf32,
-            "lowering": {
-                **lowering_summary(lowering, stages),
-                **({"requested": plugins} if lowering != plugins else {}),
-            },
-            "tokens": tokens,
-            "gmacs": {
-                "reduced": round(gmacs, 4),
-                "dense": round(gmacs_dense, 4),
-                "ideal_speedup": round(gmacs_dense / gmacs, 4),
-            },
-            "stages": stages,
-            "final_outputs": final,
-            "versions": _versions(),
-        }
-        if built.block_key is not None and built.block is not None:
-            manifest[built.block_key] = built.block
-            manifest["versions"][chosen.name] = built.block["version"]
-        write_report(tmp / REPORT_FILE, manifest)
-        files.append(REPORT_FILE)
-        manifest["build_seconds"] = round(time.perf_counter() - start, 1)
-        bundle_io.commit(tmp, out, manifest, files)
-    seconds = time.perf_counter() - start
-    logger.info("build: wrote %s in %.1f s", out, seconds)
-    return BuildResult(out, manifest, seconds)
+        plan = plan_calibration(spec, calib, buckets, max_buckets, profile) if m.staged else None
+        if "notice" in weights_record:  # every input is valid now: say it once, prominently
+            logger.warning("%s", weights_record.pop("notice"))
+        gm, info = apply_method(torch_model, spec, m, config, precision)
+        for warning in info.get("method_warnings", []):
+            logger.warning("WARNING: %s", warning)
+        # the lowering this backend can build: e.g. no plugin nodes for one that runs no plugins
+        ops = {TOKEN_OPS[n.target] for n in gm.graph.nodes if n.target in TOKEN_OPS}
+        lowering = chosen.lowering(plugins, ops)
+        staged = info.get("stages", 1) > 1
+        gmacs_dense = count_gmacs(torch_model, spec.input_shape)
+        with bundle_io.staging_dir(out) as tmp:
+            stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model", lowering)
+            files = [s["file"] for s in stages]
+            for s in stages:
+                s["onnxruntime_file"], s["onnxruntime_precision"] = s["file"], precision
+            # The fp32 graph serves the twin (if needed), GMAC counting and calibration: build it once.
+            if precision == "fp32":
+                reduced_fp32 = gm
+            else:
+                with _quiet("tokcompile.passes"):  # the same passes again; their figures were logged above
+                    reduced_fp32 = apply_method(torch_model, spec, m, config, "fp32")[0]
+            reason = ort_backend.cannot_execute(tmp / stages[0]["file"]) if precision != "fp32" else None
+            if reason is not None:
+                logger.warning(
+                    "ONNX Runtime cannot execute the %s graph on this CPU (%s); exporting an fp32 twin "
+                    "for checks (TensorRT and GPUs run the %s files themselves)",
+                    precision,
+                    reason,
+                    precision,
+                )
+                twins, _ = _export_model(reduced_fp32, spec, tmp, "stage_fp32_" if staged else "model.fp32", lowering)
+                for s, t in zip(stages, twins):
+                    s.update(onnxruntime_file=t["file"], onnxruntime_precision="fp32", onnxruntime_note=reason)
+                files += [t["file"] for t in twins]
+            if plan is not None:
+                calibration = calibrate(plan, reduced_fp32, spec, stages, final)
+                gmacs = calibration.pop("gmacs")
+                tokens = calibration
+            else:
+                gmacs = count_gmacs(reduced_fp32, spec.input_shape) if m.pipeline else gmacs_dense
+                tokens = info["tokens"]
+            # after calibration: the TensorRT profiles follow each stage's buckets
+            chosen.plan(tmp, stages, spec.num_tokens, options)
+            built = chosen.build(tmp, stages, spec.num_tokens, options)
+            files += built.files
+            manifest: dict[str, Any] = {
+                "format": bundle_io.FORMAT,
+                "format_version": bundle_io.FORMAT_VERSION,
+                "fingerprint": fingerprint,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "model": {
+                    "name": model,
+                    "timm_name": spec.name,
+                    "kwargs": model_kwargs,
+                    "input_shape": list(spec.input_shape),
+                    "num_classes": spec.num_classes,
+                    "depth": spec.depth,
+                    "embed_dim": spec.embed_dim,
+                    "num_heads": spec.num_heads,
+                    "num_prefix_tokens": spec.num_prefix_tokens,
+                    "patch_size": list(spec.patch_size),
+                    "grid": list(spec.grid),
+                },
+                "weights": weights_record,
+                "method": {
+                    "name": m.name,
+                    "params": method_params,
+                    **({"warnings": info["method_warnings"]} if info.get("method_warnings") else {}),
+                },
+                "precision": precision,
+                "backend": chosen.name,
+                "tf32": options.tf32,
+                "lowering": {
+                    **lowering_summary(lowering, stages),
+                    **({"requested": plugins} if lowering != plugins else {}),
+                },
+                "tokens": tokens,
+                "gmacs": {
+                    "reduced": round(gmacs, 4),
+                    "dense": round(gmacs_dense, 4),
+                    "ideal_speedup": round(gmacs_dense / gmacs, 4),
+                },
+                "stages": stages,
+                "final_outputs": final,
+                "versions": _versions(),
+            }
+            if built.block_key is not None and built.block is not None:
+                manifest[built.block_key] = built.block
+                manifest["versions"][chosen.name] = built.block["version"]
+            manifest["build_seconds"] = round(time.perf_counter() - start, 1)
+            manifest["files"] = bundle_io.hash_files(tmp, files)
+            write_report(tmp / REPORT_FILE, manifest)
+            bundle_io.commit(tmp, out, manifest, [REPORT_FILE], fingerprint, force)
+    logger.info("build: wrote %s", out)
+    return BuildResult(out, manifest, manifest["build_seconds"])

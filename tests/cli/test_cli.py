@@ -29,7 +29,12 @@ def test_list(capsys):
     code, stdout, _ = run(capsys, "list", "methods")
     assert code == 0 and "evit" in stdout
     code, stdout, _ = run(capsys, "list", "models")
-    assert code == 0 and "deit_s   deit_small_patch16_224" in stdout
+    assert code == 0 and "deit_s   deit_small_patch16_224" in stdout and "--all" in stdout
+    code, stdout, _ = run(capsys, "list", "models", "--all")
+    names = stdout.splitlines()
+    assert code == 0 and {"deit_small_patch16_224", "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"} <= set(
+        names
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,7 +57,7 @@ def test_list(capsys):
         (["list", "things"], r"invalid choice"),
         (["build", "test_vit", "--buckets", "64"], r"--buckets apply to methods with per-image token counts"),
         (["build", "test_vit", "--method", "ats", "--max-buckets", "0"], r"--max-buckets must be ≥ 1"),
-        (["build", "test_vit", "--method", "tome", "--r", "-2"], r"r"),
+        (["build", "test_vit", "--method", "tome", "--r", "-2"], r"--r must not be negative, got -2"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, monkeypatch, argv, pattern):
@@ -89,7 +94,7 @@ def test_output_holding_a_different_bundle(capsys, bundle, checkpoint, tmp_path)
     code, _, err = run(
         capsys, "build", "test_vit", "--weights", str(checkpoint("test_vit")), "--keep-rate", "0.5", "-o", str(out)
     )
-    assert_user_error(code, err, r"holds a different bundle .*--force")
+    assert_user_error(code, err, r"holds a different tokcompile bundle .*--force")
 
 
 @pytest.mark.parametrize("command", ["compare", "bench", "inspect"])

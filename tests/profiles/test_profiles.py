@@ -61,7 +61,9 @@ def test_shipped_profiles_load_and_unmeasured_ones_warn(caplog):
         (lambda d: d["curves"][0].update(tokens=[8, 8, 9]), "strictly increasing"),
         (lambda d: d["curves"][0].update(latency_ms=[1.0]), "equal length"),
         (lambda d: d["curves"][0].update(width=-3), "curves\\[0\\].width"),
-        (lambda d: d["curves"][0].update(latency_ms=[1.0, -2.0, 3.0]), "positive numbers"),
+        (lambda d: d["curves"][0].update(latency_ms=[1.0, -2.0, 3.0]), "positive finite numbers"),
+        (lambda d: d["curves"][0].update(latency_ms=[1.0, float("nan"), 3.0]), "positive finite numbers"),
+        (lambda d: d["curves"][0].update(latency_ms=[1.0, float("inf"), 3.0]), "positive finite numbers"),
         (lambda d: d.update(curves=[]), "at least one curve"),
     ],
 )

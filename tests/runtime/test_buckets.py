@@ -34,11 +34,12 @@ def test_pick_bucket_at_below_above_and_over():
 
 
 def test_validate_buckets():
-    assert validate_buckets([64, 128], 197) == (64, 128, 197)
+    assert validate_buckets([64, 128], 197) == (64, 128)  # nothing appended: above 128 runs unpadded
     assert validate_buckets([64, 197], 197) == (64, 197)
+    assert pick_bucket(150, validate_buckets([64, 96, 128], 197)) == 150
     with pytest.raises(TokcompileError, match="strictly increasing"):
         validate_buckets([128, 64], 197)
-    with pytest.raises(TokcompileError, match="larger than the stage's 197 tokens"):
+    with pytest.raises(TokcompileError, match="larger than the model's 197 tokens"):
         validate_buckets([64, 300], 197)
     with pytest.raises(TokcompileError, match="positive"):
         validate_buckets([0, 64], 197)

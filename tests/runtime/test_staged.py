@@ -78,14 +78,15 @@ def test_batch_of_8_equals_each_image_alone_against_eager_reference(ats_bundle, 
 def test_dispatch_uses_buckets_and_never_truncates(ats_bundle):
     runner = tokcompile.load(ats_bundle)
     stages = runner.manifest["stages"]
-    assert [s.get("buckets") for s in stages[:-1]] == [[40, 60, 80, 101]] * (len(stages) - 1)
+    assert [s.get("buckets") for s in stages[:-1]] == [[40, 60, 80]] * (len(stages) - 1)
     x = images(6, seed=3)
     exact = runner.engine.run(x, exact=True)
     runner.engine.stats = DispatchStats()
     bucketed = runner.run(x)
     np.testing.assert_allclose(bucketed["logits"], exact["logits"], atol=1e-5)
     hits = runner.engine.stats.buckets
-    assert all(set(h) <= {40, 60, 80, 101} for h in hits.values())
+    # a listed bucket, or (above every bucket) the batch's own count, never padded further
+    assert all(b in (40, 60, 80) or 80 < b <= 101 for h in hits.values() for b in h)
     # a bucket list whose largest bucket is below the batch's count: runs at the count itself
     for s in stages:
         if s.get("buckets"):

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> bool:
     from ..runtime.bundle import read_manifest
-    from ..runtime.report import token_table
+    from ..runtime.report import format_size, token_table
 
     m = read_manifest(args.bundle)
     params = ", ".join(f"{k}={v}" for k, v in m["method"]["params"].items()) or "-"
@@ -28,5 +28,5 @@ def run(args: argparse.Namespace) -> bool:
     print("\n".join(token_table(m)))
     print("files (sha256 verified):")
     for name, entry in m["files"].items():
-        print(f"  {name:20} {entry['bytes'] / 1e6:9.2f} MB  {entry['sha256'][:16]}")
+        print(f"  {name:24} {format_size(entry['bytes']):>10}  {entry['sha256'][:16]}")
     return True

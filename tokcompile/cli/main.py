@@ -12,16 +12,19 @@ Commands:
   profile  measure a hardware profile: latency of one block vs token count
   export-triton  bundle → Triton Inference Server model repository
 
-Every command ends with one line: PASSED or FAILED and the time it took. User mistakes print
-one line 'tokcompile: error: ...' and exit with code 1.
+Every command ends with one line: PASSED or FAILED and the time it took. A user mistake prints
+one line 'tokcompile: error: ...' before FAILED and exits with 1; an internal error prints its
+traceback and a 'please report' line and exits with 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -124,16 +127,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         ok = COMMANDS[args.command].run(args)
+        code = 0 if ok else 1
     except TokcompileError as exc:
         sys.stderr.write(f"tokcompile: error: {exc}\n")
-        return 1
+        ok, code = False, 1
     except KeyboardInterrupt:
         sys.stderr.write("tokcompile: interrupted\n")
-        return 130
+        ok, code = False, 130
+    except BrokenPipeError:  # `tokcompile list models | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return 0
+    except Exception:  # an internal error: keep the traceback for the report
+        traceback.print_exc()
+        sys.stderr.write(
+            f"tokcompile: internal error in '{args.command}' (a bug, not your mistake); please report it with "
+            "the traceback above and the command line\n"
+        )
+        ok, code = False, 2
     finally:
         restore()
-    print(f"{'PASSED' if ok else 'FAILED'} ({time.perf_counter() - start:.1f} s)")
-    return 0 if ok else 1
+    try:
+        print(f"{'PASSED' if ok else 'FAILED'} ({time.perf_counter() - start:.1f} s)", flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+    return code
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

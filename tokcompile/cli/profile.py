@@ -3,8 +3,9 @@
 Writes a profile YAML that `--buckets auto` uses to choose token-count buckets.
 
 Example:
-  tokcompile profile --target cpu-2core -o tokcompile/profiles/cpu-2core.yaml
-  tokcompile profile --target mycpu --widths 192,384 --batch 1,16 --tokens 8:256:8
+  tokcompile profile --target mycpu                      # writes ./mycpu.yaml
+  tokcompile profile --target mycpu --widths 192,384 --batch 1,16 --tokens 8:256:8 -o profiles/mycpu.yaml
+  tokcompile build deit_s --method ats --profile profiles/mycpu.yaml
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="8:256:8", help="token counts START:STOP:STEP or a list (default 8:256:8)")
     p.add_argument("--iters", type=int, default=5, help="timed runs per point (median; default 5)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--force", action="store_true", help="replace an existing profile file at -o")
 
 
 def token_grid(text: str) -> list[int]:
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> bool:
     import onnxruntime
 
     from .. import __version__
+    from ..errors import TokcompileError
+    from ..outputs import check_file
     from ..profiles import Profile, save_profile
     from ..profiles.measure import cpu_target, measure_curve
 
@@ -56,6 +60,12 @@ def run(args: argparse.Namespace) -> bool:
         int_list(args.batch, "--batch"),
         token_grid(args.tokens),
     )
+    if args.iters < 1:
+        raise TokcompileError(f"--iters must be ≥ 1 (timed runs per point), got {args.iters}")
+    if args.threads is not None and args.threads < 1:
+        raise TokcompileError(f"--threads must be ≥ 1, got {args.threads}")
+    out = Path(args.output or f"{args.target}.yaml")
+    check_file(out, args.force)  # before minutes of measuring
     curves = [measure_curve(w, max(1, w // 64), b, tokens, args.iters, args.threads) for w in widths for b in batches]
     profile = Profile(
         name=args.target,
@@ -71,7 +81,6 @@ def run(args: argparse.Namespace) -> bool:
             "threads": args.threads or "all",
         },
     )
-    out = Path(args.output or f"{args.target}.yaml")
-    save_profile(profile, out)
+    save_profile(profile, out, args.force)
     print(f"profile: {out} ({len(curves)} curves, {len(tokens)} token counts each)")
     return True

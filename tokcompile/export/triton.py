@@ -36,7 +36,8 @@ import onnx
 from .. import _defaults
 from ..backends import get_backend
 from ..errors import TokcompileError
-from ..runtime.bundle import read_manifest, replace_path
+from ..outputs import publish
+from ..runtime.bundle import read_manifest
 from ..runtime.commands import plugin_library, stage_profiles, uses_plugins
 
 logger = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def triton_repo_from_bundle(
         (tmp / "README.md").write_text(_readme(manifest, models, plugin, tensorrt))
         if plugin:
             shutil.copyfile(bundle / plugin, tmp / plugin)
-        replace_path(tmp, repo)
+        publish(tmp, repo)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,6 +8,7 @@ loads as is; with DeiT or random weights nothing halts unless γ/β are changed 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -44,7 +45,13 @@ class AvitConfig:
         eps = 0.01 if eps is None else float(eps)
         if not 0.0 < eps < 1.0:
             raise TokcompileError(f"--eps must be in (0, 1), got {eps}")
-        return cls(float(g if gamma is None else gamma), float(b if beta is None else beta), eps)
+        gamma, beta = float(g if gamma is None else gamma), float(b if beta is None else beta)
+        for flag, value in (("--gamma", gamma), ("--beta", beta)):
+            if not math.isfinite(value):
+                raise TokcompileError(f"{flag} must be a finite number, got {value}")
+        if gamma <= 0:
+            raise TokcompileError(f"--gamma must be > 0 (the halting gate's slope), got {gamma}")
+        return cls(gamma, beta, eps)
 
     def params(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "beta": self.beta, "eps": self.eps}

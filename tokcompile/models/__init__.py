@@ -63,6 +63,15 @@ def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
             "tokcompile works on ViT/DeiT models (see 'tokcompile list models')"
         )
     pe = model.patch_embed
+    if len(model.blocks) == 0:
+        raise TokcompileError(f"model '{name}' has no transformer blocks; check --model-arg depth")
+    img, patch = tuple(pe.img_size), tuple(pe.patch_size)
+    if any(s % p for s, p in zip(img, patch)) and not getattr(pe, "dynamic_img_pad", False):
+        fits = ", ".join(str(s // p * p) for s, p in zip(img[:1], patch[:1]))
+        raise TokcompileError(
+            f"--img-size {img[0] if img[0] == img[1] else img} is not a multiple of the patch size "
+            f"{patch[0]} of '{name}'; use e.g. {fits} or {int(fits) + patch[0]}"
+        )
     return ModelSpec(
         name=name,
         depth=len(model.blocks),
@@ -79,14 +88,34 @@ def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
     )
 
 
+SEED_MAX = 2**32 - 1  # numpy and torch generators both take [0, 2**32)
+
+
+def _check_kwargs(timm_name: str, kwargs: dict[str, Any]) -> None:
+    """Validate the model arguments tokcompile knows before timm sees them."""
+    if "img_size" in kwargs:
+        size = kwargs["img_size"]
+        sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+        if len(sizes) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+            raise TokcompileError(f"--img-size must be a positive integer (pixels), got {size!r}")
+    for key in ("depth", "num_heads", "embed_dim"):
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TokcompileError(f"--model-arg {key} must be a positive integer, got {value!r}")
+
+
 def _timm_model(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> torch.nn.Module:
     import timm
 
+    _check_kwargs(timm_name, kwargs)
     try:
         return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError, AssertionError, IndexError, ZeroDivisionError, RuntimeError) as exc:
+        if pretrained and isinstance(exc, RuntimeError):
+            raise  # a download failure: the caller words it
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise TokcompileError(
-            f"timm model '{timm_name}' does not accept model arguments {kwargs} ({exc}); check --model-arg/--img-size"
+            f"timm cannot create '{timm_name}' with model arguments {kwargs} ({reason}); check --model-arg/--img-size"
         ) from None
 
 
@@ -105,6 +134,8 @@ def create_model(
     timm_name = resolve_model_name(name)
     weights = weights if weights is not None else _defaults.WEIGHTS
     seed = seed if seed is not None else _defaults.SEED
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise TokcompileError(f"--seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
     record: dict[str, Any]
     notice = None
     if weights == "auto":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns before it refuses; the error below says it all
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated or pickled with arbitrary objects
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokcompileError(
@@ -102,6 +105,19 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
         if k in state and state[k].shape != v.shape
     ]
     problems = []
+    for k, v in expected.items():
+        if k not in state or state[k].shape != v.shape:
+            continue
+        if v.is_floating_point() and not state[k].is_floating_point():
+            raise TokcompileError(
+                f"checkpoint '{source}': tensor '{k}' has dtype {state[k].dtype}, the model needs floating point "
+                "weights (check that --weights is a model checkpoint)"
+            )
+        if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()):
+            raise TokcompileError(
+                f"checkpoint '{source}': tensor '{k}' holds NaN or Inf values; the checkpoint is corrupt "
+                "(re-export it from a trained model)"
+            )
     if missing:
         problems.append(f"missing {', '.join(missing[:3])}")
     if unexpected:

@@ -110,8 +110,8 @@ def from_dict(data: Any, source: str) -> Profile:
             raise _fail(source, f"curves[{i}] needs 'tokens' and 'latency_ms' lists of equal length ≥ 2")
         if any(not isinstance(t, int) for t in tokens) or any(b <= a for a, b in zip(tokens, tokens[1:])):
             raise _fail(source, f"curves[{i}].tokens must be strictly increasing integers")
-        if any(not isinstance(v, (int, float)) or v <= 0 for v in lat):
-            raise _fail(source, f"curves[{i}].latency_ms must be positive numbers")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf for v in lat):
+            raise _fail(source, f"curves[{i}].latency_ms must be positive finite numbers")
         curves.append(Curve(c["width"], c["heads"], c["batch"], list(tokens), [float(v) for v in lat]))
     if data["measured"] and not curves:
         raise _fail(source, "a measured profile needs at least one curve")
@@ -160,9 +160,10 @@ def load_profile(name_or_path: str) -> Profile:
     return profile
 
 
-def save_profile(profile: Profile, path: Path) -> None:
-    """Write atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(profile.to_dict(), sort_keys=False, width=120))
-    tmp.replace(path)
+def save_profile(profile: Profile, path: Path, force: bool = False) -> None:
+    """Write atomically (temporary name, then rename); an existing file needs ``force``."""
+    from ..outputs import write_file
+
+    data = profile.to_dict()
+    from_dict(data, str(path))  # never write a profile that loading would refuse
+    write_file(path, yaml.safe_dump(data, sort_keys=False, width=120), force)

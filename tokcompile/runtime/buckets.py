@@ -31,7 +31,10 @@ Curve = Callable[[int], float]
 
 
 def validate_buckets(buckets: Sequence[int], max_tokens: int, what: str = "--buckets") -> tuple[int, ...]:
-    """Strictly increasing positive counts, none above ``max_tokens``; the full count is appended."""
+    """Strictly increasing positive counts, none above ``max_tokens``.
+
+    Nothing is appended: a batch whose largest count is above every listed bucket runs at that
+    count itself (``pick_bucket``), never padded to the full token count."""
     values = list(buckets)
     if any(not isinstance(b, (int, np.integer)) or isinstance(b, bool) for b in values):
         raise TokcompileError(f"{what} must be integers, got {values}")
@@ -39,10 +42,10 @@ def validate_buckets(buckets: Sequence[int], max_tokens: int, what: str = "--buc
         raise TokcompileError(f"{what} must be positive token counts, got {values}")
     if any(b >= c for b, c in zip(values, values[1:])):
         raise TokcompileError(f"{what} must be strictly increasing, got {values}")
-    if values and values[-1] > max_tokens:
-        raise TokcompileError(f"{what}: bucket {values[-1]} is larger than the stage's {max_tokens} tokens")
-    if not values or values[-1] != max_tokens:
-        values.append(max_tokens)
+    if not values:
+        raise TokcompileError(f"{what} must list at least one token count")
+    if values[-1] > max_tokens:
+        raise TokcompileError(f"{what}: bucket {values[-1]} is larger than the model's {max_tokens} tokens")
     return tuple(int(b) for b in values)
 
 

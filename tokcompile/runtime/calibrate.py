@@ -96,6 +96,8 @@ def calibrate(
     value_of = {v: k for k, v in final.items()}
     latency = profile.latency(spec.embed_dim, _defaults.BUCKET_BATCH) if profile is not None else None
     boundaries = []
+    warnings: list[str] = []
+    missed: list[tuple[int, np.ndarray]] = []  # boundaries where most counts lie above every --buckets value
     for stage in stages:
         if not stage.get("count"):
             continue
@@ -108,6 +110,8 @@ def calibrate(
                 choose_buckets(counts, spec.num_tokens, latency, plan.max_buckets, _defaults.BUCKET_BATCH).buckets
             )
         stage["buckets"] = chosen
+        if explicit is not None and float((counts > max(chosen)).mean()) > 0.5:
+            missed.append((stage["index"], counts))
         boundary = {
             "stage": stage["index"],
             "output": name,
@@ -136,14 +140,22 @@ def calibrate(
     runner = StagedRunner(entries, torch_stage_calls([s.module for s in cut]), cut_final)
     gmacs = count_gmacs_staged(runner, images[: _defaults.CALIB_GMACS_IMAGES])
     sequence = [spec.num_tokens] + [b["mean"] for b in boundaries]
-    warning = None
+    if missed:
+        where = ", ".join(f"{i} ({c.min()}..{c.max()})" for i, c in missed)
+        near = ", ".join(str(int(np.percentile(c, 90))) for _, c in missed)
+        warnings.append(
+            f"most calibration images have more tokens than every --buckets value {explicit} after stage(s) {where}: "
+            f"those batches run unbucketed at their own count; add buckets near {near} or use --buckets auto"
+        )
     if boundaries and all(b["min"] == spec.num_tokens for b in boundaries):
-        warning = (
+        warnings.append(
             f"no token was dropped on any of the {len(images)} calibration images: the bundle runs the dense "
             "amount of work. Adaptive methods need their trained weights (A-ViT's fine-tuned channel 0, see "
             "methods-reference §4.3) or other method parameters (--beta, --max-tokens)."
         )
-        logger.warning("WARNING: %s", warning)
+    for text in warnings:
+        logger.warning("WARNING: %s", text)
+    warning = " ".join(warnings) or None
     logger.info("calibrate: %d images (%s); mean tokens %s", len(images), source, " → ".join(map(str, sequence)))
     return {
         "calibration": {"source": source, "images": int(len(images)), "profile": profile.name if profile else None},

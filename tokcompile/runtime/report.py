@@ -25,24 +25,45 @@ def token_table(manifest: dict[str, Any]) -> list[str]:
     return rows
 
 
+def format_size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
 def write_report(path: Path, manifest: dict[str, Any]) -> None:
+    """``report.md`` from the manifest; ``manifest["files"]`` holds every file but the report."""
     model, method, g = manifest["model"], manifest["method"], manifest["gmacs"]
-    stage = manifest["stages"][0]
+    stages = manifest["stages"]
     params = ", ".join(f"{k}={v}" for k, v in method["params"].items()) or "-"
     weights = manifest["weights"]
+    ort_files = sorted({s["onnxruntime_file"] for s in stages})
+    ort_precision = stages[0]["onnxruntime_precision"]
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
+    calibration = manifest["tokens"].get("calibration")
     lines = [
         f"# {model['name']} · {method['name']} · {manifest['precision']}",
         "",
-        f"- model: `{model['timm_name']}`, input {model['input_shape']}",
+        f"- model: `{model['timm_name']}`, input {model['input_shape']}"
+        + (f", model arguments {model['kwargs']}" if model.get("kwargs") else ""),
         f"- weights: {weights['source']}"
-        + (" (RANDOM: accuracy is meaningless)" if weights["source"] == "random" else ""),
+        + (" (RANDOM: accuracy is meaningless)" if weights["source"] == "random" else "")
+        + (f", `{weights['path']}`" if weights.get("path") else ""),
         f"- method: `{method['name']}` ({params})",
         *(f"- WARNING: {w}" for w in method.get("warnings", [])),
         f"- tokens: {' → '.join(map(str, manifest['tokens']['sequence']))}",
         *([f"- WARNING: {manifest['tokens']['warning']}"] if manifest["tokens"].get("warning") else []),
         f"- GMACs: {g['reduced']:.3f} reduced vs {g['dense']:.3f} dense; ideal speed-up {g['ideal_speedup']:.3f}×",
-        f"- backend: {manifest['backend']}; {len(manifest['stages'])} stage file(s); ONNX Runtime runs "
-        f"`{stage['onnxruntime_file']}`... ({stage['onnxruntime_precision']})",
+        *(
+            [
+                f"- buckets: chosen for profile `{calibration['profile']}` from {calibration['images']} calibration "
+                f"images ({calibration['source']})"
+            ]
+            if calibration and calibration.get("profile")
+            else []
+        ),
+        f"- backend: {manifest['backend']}; {len(stages)} stage file(s); ONNX Runtime runs "
+        f"{', '.join(f'`{f}`' for f in ort_files[:3])}{', ...' if len(ort_files) > 3 else ''} ({ort_precision})",
+        f"- built {manifest.get('created', '?')} in {manifest.get('build_seconds', '?')} s with {versions}",
+        "- measured speed: not stored at build time; `tokcompile bench <this directory>` measures it",
         "",
         "## Tokens per block",
         "",
@@ -55,6 +76,15 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
         "tokcompile bench <this directory> --batch 1,16",
         *(f"polygraphy inspect model {s['file']}" for s in manifest["stages"]),
         "```",
+        "",
+        "## Files",
+        "",
+        "| file | size | sha256 |",
+        "|---|---|---|",
+        *(
+            f"| `{name}` | {format_size(e['bytes'])} | `{e['sha256'][:16]}…` |"
+            for name, e in manifest.get("files", {}).items()
+        ),
         "",
         *deployment_section(manifest),
     ]
