@@ -26,6 +26,7 @@ from tokcompile.backends.tensorrt import env, plugins
 from tokcompile.backends.tensorrt import profiles as trt_backend
 from tokcompile.backends.tensorrt.profiles import FALLBACK
 from tokcompile.backends.tensorrt.run import to_numpy, torch_dtype
+from tokcompile.runtime.bundle import hash_files
 
 ATS_BUCKETS = "40,60,80"  # as tests/runtime/test_staged.py: the session builds this bundle once
 
@@ -297,13 +298,16 @@ def test_missing_plugin_library_fails_before_building(fake_tensorrt, tmp_path, c
 
 @pytest.fixture
 def trt_bundle(bundle, tmp_path) -> Path:
-    """A copy of an EViT bundle whose manifest says it was built for TensorRT 10.13 on sm_90."""
+    """A copy of an EViT bundle whose manifest says it was built for TensorRT 10.13 on sm_90 (with a
+    stand-in engine file, hashed like every file a bundle runs)."""
     directory = tmp_path / "trt-bundle"
     shutil.copytree(bundle("test_vit"), directory)
     manifest = json.loads((directory / "manifest.json").read_text())
     stage = manifest["stages"][0]
     manifest["backend"] = "tensorrt"
     stage["tensorrt_file"] = "model.trt10.13-sm90.engine"
+    (directory / stage["tensorrt_file"]).write_bytes(b"not an engine")
+    manifest["files"].update(hash_files(directory, [stage["tensorrt_file"]]))
     stage["tensorrt_profiles"] = trt_backend.stage_profiles(
         onnx_input_shapes(directory / stage["file"]), [], [], 101, 64, 16
     )
