@@ -72,3 +72,9 @@ PLUGIN_LIB_ENV = "TOKCOMPILE_PLUGIN_LIB"  # default --plugin-lib; else build/PLU
 # --precision fp16, or --tf32 where TF32's error is acceptable. trtexec and TensorRT for RTX enable
 # TF32 unless told otherwise; Polygraphy leaves it off.
 TRT_TF32 = False
+# --backend tensorrt-rtx --target-sm default: every SM the installed TensorRT for RTX supports from
+# Ampere (8.0) on. Turing (7.5) is left out: TensorRT for RTX 1.7 has no FP32 GEMM there (an fp32
+# build for SM75 fails: "Cannot compile operation ... for Turing (SM75): FP32 GEMM is not
+# supported"), and NVIDIA notes that a multi-target engine including Turing may run slower on
+# Ampere and later. --target-sm 75 asks for it.
+RTX_MIN_DEFAULT_SM = 80

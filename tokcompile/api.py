@@ -147,7 +147,7 @@ def build(
     ``backend``: onnxruntime (default), tensorrt (one engine per stage file, next to the ONNX
     files, built on this machine's GPU; ``plugin_lib``, ``timing_cache``, ``max_batch`` apply),
     tensorrt-rtx (TensorRT for RTX engines built ahead of time on any machine for ``target_sm``,
-    e.g. "80,86", default every SM it supports; ``max_batch`` applies) or auto (TensorRT when it
+    e.g. "80,86", default every SM it supports from 80 on; ``max_batch`` applies) or auto (TensorRT when it
     imports and a GPU is visible, else ONNX Runtime). ``tf32`` (default off, _defaults.TRT_TF32)
     lets TensorRT run fp32 matrix products in TF32; it is recorded for the engine commands of
     report.md too.

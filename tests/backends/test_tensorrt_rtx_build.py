@@ -220,12 +220,14 @@ def test_options_tensorrt_for_rtx_refuses(tmp_path, capsys) -> None:
         assert not out.exists()
 
 
-def test_default_targets_are_every_supported_sm() -> None:
+def test_default_targets_are_every_supported_sm_from_ampere_on() -> None:
     backend = get_backend("tensorrt-rtx")
     options = backend.check_options(BuildOptions())
     members = [int(n[2:]) for n in trt.ComputeCapability.__members__ if n.startswith("SM")]
-    assert list(options.target_sm) == sorted(members) and {75, 80, 86, 89, 120} <= set(members)
+    assert {75, 80, 86, 89, 120} <= set(members)
+    assert list(options.target_sm) == sorted(sm for sm in members if sm >= 80)
     assert backend.check_options(BuildOptions(target_sm="86,sm_80,8.9")).target_sm == (80, 86, 89)
+    assert backend.check_options(BuildOptions(target_sm="75")).target_sm == (75,)  # Turing on request
 
 
 # --- errors a user can act on -------------------------------------------------------------------

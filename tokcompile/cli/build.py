@@ -104,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--target-sm",
         default=None,
         help="tensorrt-rtx: compute capabilities to build for, e.g. 80,86 (default: every one the installed "
-        "TensorRT for RTX supports)",
+        "TensorRT for RTX supports from Ampere, 80, on; 75 (Turing) takes fp16 models only)",
     )
     trt.add_argument(
         "--tf32",

@@ -7,7 +7,7 @@ its module, its build targets and what it can do:
 |---|---|---|
 | module | ``tensorrt`` | ``tensorrt_rtx`` |
 | builds on | the target GPU | any machine, ahead of time (CPU-only included) |
-| targets | the building GPU's SM | ``--target-sm`` (default: every SM the installed version supports) |
+| targets | the building GPU's SM | ``--target-sm`` (default: every supported SM from Ampere, 8.0, on) |
 | timing cache | ``--timing-cache`` (default per GPU and version) | none: its timing-cache calls are no-ops since 1.2 |
 | plugins | ``--plugins``, ``--plugin-lib`` | none: the 1.7 ONNX parser aborts on a plugin layer |
 | runs | deserialize, execute | deserialize, JIT-compile for the GPU at context creation (runtime cache) |
@@ -198,7 +198,7 @@ class TensorRT(TensorRTFamily):
 
 class TensorRTRtx(TensorRTFamily):
     """TensorRT for RTX (1.x): engines built ahead of time on any machine for a list of SMs
-    (Ampere and later, Turing on request), JIT-compiled for the GPU when loaded."""
+    (Ampere and later; Turing on request, fp16 only), JIT-compiled for the GPU when loaded."""
 
     name = "tensorrt-rtx"
     label = "TensorRT for RTX"
@@ -226,7 +226,10 @@ class TensorRTRtx(TensorRTFamily):
         supported = self.supported_sm()
         trt = self.trt()
         label = f"{self.label} {trt.__version__}"
-        target = supported if options.target_sm is None else parse_target_sm(options.target_sm, supported, label)
+        if options.target_sm is None:
+            target = [sm for sm in supported if sm >= _defaults.RTX_MIN_DEFAULT_SM]
+        else:
+            target = list(parse_target_sm(options.target_sm, supported, label))
         return dataclasses.replace(options, target_sm=tuple(target))
 
     def lowering(self, mode: str, ops: Iterable[Any]) -> str:
