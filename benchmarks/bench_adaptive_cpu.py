@@ -29,9 +29,9 @@ from safetensors.torch import save_file
 
 import tokcompile
 from tokcompile.cli.common import int_list
+from tokcompile.data.images import image_batches, preprocessing
 from tokcompile.models import create_model
 from tokcompile.runtime.bench import bench, ratio, twin_runner
-from tokcompile.verify.images import image_batches
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 
@@ -71,7 +71,7 @@ def main() -> None:
         )
         runner = tokcompile.load(out)
         masked_twin = twin_runner(out, None, args.threads)
-        x = np.concatenate(list(image_batches(args.images, spec.name, 16, limit=16)))
+        x = np.concatenate(list(image_batches(args.images, preprocessing(spec.name, spec.input_shape), 16, limit=16)))
         diff = np.abs(runner(x) - masked_twin(x, ["logits"])["logits"]).max()
     m = result.manifest
     print(

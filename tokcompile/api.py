@@ -90,23 +90,38 @@ def _export_model(
 
 
 def rebuild(
-    manifest: dict[str, Any], method: Optional[str] = None, precision: Optional[str] = None
+    manifest: dict[str, Any],
+    method: Optional[str] = None,
+    precision: Optional[str] = None,
+    weights: Optional[str] = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The eager GraphModule a bundle was built from (or its dense twin with ``method='none'``).
 
-    The weights are recreated from the manifest's record and must hash to the same digest.
+    The weights are recreated from the manifest's record, or read from ``weights`` (a checkpoint
+    path overriding the recorded one, for a machine where that path does not exist), and must
+    hash to the recorded digest.
     """
     from .methods import apply_method, get_method, resolve_config
     from .models import create_model
 
     record = manifest["weights"]
-    weights = record["path"] if record["source"] == "file" else record["source"]
+    if weights is None and record["source"] == "file" and not Path(record["path"]).is_file():
+        raise TokcompileError(
+            f"the checkpoint this bundle was built from, '{record['path']}', is not on this machine; "
+            "pass a copy of it with --weights PATH"
+        )
+    source = weights if weights is not None else record["path"] if record["source"] == "file" else record["source"]
     model, spec, got = create_model(
-        manifest["model"]["timm_name"], weights=weights, seed=record.get("seed"), **manifest["model"].get("kwargs", {})
+        manifest["model"]["timm_name"], weights=source, seed=record.get("seed"), **manifest["model"].get("kwargs", {})
     )
     if got["digest"] != record["digest"]:
+        if weights is not None:
+            raise TokcompileError(
+                f"--weights '{weights}' holds other weights than this bundle was built with (digest differs); "
+                "pass the checkpoint the bundle was built from"
+            )
         raise TokcompileError(
-            f"the weights for this bundle ({weights}) no longer match the ones it was built with; rebuild the bundle"
+            f"the weights for this bundle ({source}) no longer match the ones it was built with; rebuild the bundle"
         )
     m = get_method(method or manifest["method"]["name"])
     params = manifest["method"]["params"] if m.name == manifest["method"]["name"] else {}

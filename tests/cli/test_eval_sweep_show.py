@@ -28,9 +28,9 @@ def images(tmp_path_factory) -> Path:
 def test_eval(capsys, bundle, images):
     code, out, err = run(capsys, "eval", str(bundle("test_vit")), "--images", str(images), "--batch", "2", "-q")
     assert code == 0, err
-    assert "evaluated 4 images (skipped 1 unreadable file), batch 2, fp32 on both models" in out
+    assert "evaluated 4 images (skipped 1 unreadable file), batch 2: bundle fp32, reference dense model fp32" in out
     assert "on 4 labelled images" in out and "top-1 agreement with dense:" in out
-    assert re.search(r"features cosine similarity: mean -?[01]\.\d{4}", out)
+    assert re.search(r"features cosine similarity: mean -?[01]\.\d{4}, p5 -?[01]\.\d{4}, min", out)
     assert re.search(r"throughput: bundle [\d.]+ img/s, dense [\d.]+ img/s", out)
     assert "n01440764_broken.jpg" in err  # the warning names the file
     assert out.strip().splitlines()[-1].startswith("PASSED")
@@ -39,29 +39,48 @@ def test_eval(capsys, bundle, images):
 def test_sweep_two_points(capsys, checkpoint, images, tmp_path):
     out_dir = tmp_path / "sw"
     argv = ["sweep", "test_vit", "--keep-rate", "0.5,0.7", "--weights", str(checkpoint("test_vit"))]
-    code, out, err = run(
-        capsys, *argv, "--images", str(images), "--limit", "3", "--batch", "2", "-o", str(out_dir), "-q"
-    )
+    argv += ["--images", str(images), "--limit", "3", "--batch", "2", "--resolutions", "128", "-o", str(out_dir)]
+    code, out, err = run(capsys, *argv, "-q")
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith("PASSED")
-    assert re.search(r"^\s+0.5\s+101→52→28→16\s", out, re.M) and re.search(r"^\s+dense\s+101\s", out, re.M)
+    assert re.search(r"^\s+evit\s+0.5\s+101→52→28→16\s", out, re.M)
+    assert re.search(r"^\s+dense\s+dense\s+101\s", out, re.M) and re.search(r"lower resolution\s+128 px\s+65\s", out)
     assert sorted(p.name for p in (out_dir / "points").iterdir()) == ["keep_rate-0.5", "keep_rate-0.7"]
     with (out_dir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["point"], r["value"]) for r in rows] == [("dense", ""), ("1", "0.5"), ("2", "0.7")]
+    assert [(r["point"], r["value"]) for r in rows] == [
+        ("dense", ""),
+        ("1", "0.5"),
+        ("2", "0.7"),
+        ("img_size-128", "128"),
+    ]
     for row in rows[1:]:
         assert 0.0 <= float(row["agreement"]) <= 1.0 and -1.0 <= float(row["cosine_mean"]) <= 1.0
         assert float(row["images_per_s"]) > 0 and row["top1"] != ""
         assert (row["images"], row["skipped"]) == ("2", "1")  # --limit 3 picks a, broken, d (spread evenly)
+    assert float(rows[3]["gmacs"]) < float(rows[0]["gmacs"])  # 8 × 8 patches instead of 10 × 10
     assert any(r["pareto"] == "True" for r in rows)
     md = (out_dir / "results.md").read_text()
-    assert md.count("\n| ") == 4 and "| 0.7 | 101→72→52→38 |" in md  # header + dense + 2 points
+    assert md.count("\n| ") == 5 and "| evit | 0.7 | 160 | 101→72→52→38 |" in md  # header + dense + 2 + baseline
     png = out_dir / "pareto.png"
     with Image.open(png) as img:
         img.verify()
     with Image.open(png) as img:
-        assert img.format == "PNG" and img.size[0] >= 600 and img.size[1] >= 400
+        assert img.format == "PNG" and img.size[0] >= 1200 and img.size[1] >= 500
     assert png.stat().st_size > 10_000
+    # a second sweep into the same folder must not overwrite these results without --force
+    before = (out_dir / "results.csv").read_bytes()
+    code, _, err = run(capsys, *argv)
+    assert_user_error(code, err, r"holds the results of an earlier sweep \(results.csv\); .* pass --force")
+    assert (out_dir / "results.csv").read_bytes() == before
+
+
+def test_sweep_output_is_a_file(capsys, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    code, _, err = run(capsys, "sweep", "test_vit", "--keep-rate", "0.5", "-o", str(target))
+    assert_user_error(code, err, r"-o '.*notes.txt' exists and is not a directory")
+    assert target.read_text() == "mine"
 
 
 def test_show(capsys, bundle, images, tmp_path):

@@ -92,3 +92,64 @@ def test_aliases_and_unknown_names():
 def test_weights_value_that_is_neither_mode_nor_path():
     with pytest.raises(TokcompileError, match="--weights must be auto, pretrained, random or a checkpoint path"):
         create_model("test_vit", weights="imagenet")
+
+
+def _save(state: dict, path) -> str:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return str(path)
+
+
+def _bicubic_grid(pos: torch.Tensor, prefix: int, old: int, new: tuple[int, int]) -> torch.Tensor:
+    """Reference: prefix rows kept, the old × old grid resized bicubically (align_corners off, no antialias)."""
+    grid = pos[:, prefix:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=new, mode="bicubic", align_corners=False, antialias=False)
+    return torch.cat([pos[:, :prefix], grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], -1)], dim=1)
+
+
+def test_checkpoint_on_another_grid_is_resampled_and_recorded(tmp_path, caplog):
+    big, _, _ = create_model("test_vit", weights="random", seed=3, img_size=224)  # 14 × 14 patches
+    path = _save(big.state_dict(), tmp_path / "w224.safetensors")
+    with caplog.at_level("INFO", logger="tokcompile"):
+        model, spec, record = create_model("test_vit", weights=path)  # 160 px: 10 × 10
+    assert spec.grid == (10, 10)
+    assert record["resampled"] == {
+        "tensor": "pos_embed",
+        "from_grid": [14, 14],
+        "to_grid": [10, 10],
+        "prefix_tokens": 1,
+        "interpolation": "bicubic",
+        "antialias": False,
+    }
+    assert sum("resampled pos_embed" in r.getMessage() for r in caplog.records) == 1  # said once
+    expected = _bicubic_grid(big.pos_embed.detach(), 1, 14, (10, 10))
+    assert torch.allclose(model.pos_embed.detach(), expected, atol=1e-6)
+    assert torch.equal(model.pos_embed[:, 0], big.pos_embed[:, 0])  # the CLS position as it was
+    assert torch.equal(model.blocks[0].attn.qkv.weight, big.blocks[0].attn.qkv.weight)
+
+
+def test_dinov2_checkpoint_at_518_px_loads_at_98(tmp_path):
+    kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+    big, _, _ = create_model("vit_small_patch14_dinov2", weights="random", img_size=518, **kwargs)
+    assert tuple(big.pos_embed.shape) == (1, 1370, 32)  # 37 × 37 + CLS, DINOv2's pretrained grid
+    path = _save(big.state_dict(), tmp_path / "d518.safetensors")
+    model, spec, record = create_model("vit_small_patch14_dinov2", weights=path, img_size=98, **kwargs)
+    assert tuple(model.pos_embed.shape) == (1, 50, 32) and record["resampled"]["from_grid"] == [37, 37]
+    assert torch.allclose(model.pos_embed.detach(), _bicubic_grid(big.pos_embed.detach(), 1, 37, (7, 7)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, pattern",
+    [
+        ((1, 101, 32), r"pos_embed \(checkpoint \(1, 101, 32\), model \(1, 101, 64\)\) has width 32, the model 64"),
+        ((1, 100, 64), r"fit 0 prefix position\(s\) \+ a 10² grid: the checkpoint has another number of class"),
+        ((1, 61, 64), r"61 positions are not 1 prefix position\(s\) \+ a square grid; its grid is not square"),
+    ],
+)
+def test_resampling_that_cannot_apply_is_a_labelled_error(reference, tmp_path, shape, pattern):
+    model, _ = reference
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["pos_embed"] = torch.zeros(shape)
+    path = _save(state, tmp_path / "w.safetensors")
+    with pytest.raises(TokcompileError, match=pattern) as info:
+        create_model("test_vit", weights=path)
+    assert "\n" not in str(info.value) and "w.safetensors" in str(info.value)

@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from tokcompile import TokcompileError
-from tokcompile.verify.evaluate import evaluate, evaluate_bundles, score_batches, select_files
-from tokcompile.verify.images import ImageStats, load_batches
-from tokcompile.verify.labels import UNLABELLED, imagenet_wnids, label_of, labels_of, top1_accuracy, wnid_of
+from tokcompile.data.images import ImageStats, load_batches, preprocessing, spread
+from tokcompile.data.labels import UNLABELLED, imagenet_wnids, label_of, labels_of, top1_accuracy, wnid_of
+from tokcompile.verify.evaluate import evaluate, evaluate_bundles, score_batches
+
+TEST_VIT = preprocessing("test_vit", (3, 160, 160))
 
 TENCH, GOLDFISH = "n01440764", "n01443537"  # ImageNet-1k classes 0 and 1
 
@@ -72,17 +74,17 @@ def test_top1_accuracy_on_known_logits():
     assert top1_accuracy(logits, np.array([-1, -1, -1, -1])) is None
 
 
-def test_select_files_spreads_evenly():
+def test_spread_picks_files_evenly():
     files = [Path(f"{i:03d}.png") for i in range(10)]
-    assert select_files(files, None) == files and select_files(files, 20) == files
-    assert [p.stem for p in select_files(files, 3)] == ["000", "004", "009"]
-    assert len(select_files(files, 9)) == 9
+    assert spread(files, None) == files and spread(files, 20) == files
+    assert [p.stem for p in spread(files, 3)] == ["000", "004", "009"]
+    assert len(spread(files, 9)) == 9
 
 
 def test_load_batches_skips_and_counts_undecodable(folder):
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     stats = ImageStats()
-    batches = list(load_batches(files, "test_vit", 2, stats))
+    batches = list(load_batches(files, TEST_VIT, 2, stats))
     assert [x.shape for x, _ in batches] == [(2, 3, 160, 160), (1, 3, 160, 160)]
     assert sum(len(paths) for _, paths in batches) == 3
     assert stats.files == 4 and stats.decoded == 3 and [p.name for p in stats.skipped] == ["broken.jpg"]
@@ -123,7 +125,7 @@ def test_evaluate_random_inputs(bundle, dense, caplog):
 
 def test_dense_against_itself_agrees(dense, folder):
     files = sorted(p for p in folder.rglob("*.png"))
-    scores = score_batches({"dense": dense, "copy": dense}, load_batches(files, "test_vit", 2))
+    scores = score_batches({"dense": dense, "copy": dense}, load_batches(files, TEST_VIT, 2))
     copy, ref = scores["copy"], scores["dense"]
     assert copy.images == ref.images == 3 and copy.agree == ref.agree == 3 and copy.labelled == 2
     assert copy.correct == ref.correct
@@ -136,3 +138,52 @@ def test_evaluate_bundles_share_one_dense_pass(bundle, dense):
     assert first.images == second.images == 4
     assert first.agreement == second.agreement and first.cosine_mean == pytest.approx(second.cosine_mean)
     assert first.dense_images_per_s == second.dense_images_per_s  # one dense measurement for both
+
+
+def test_fp16_bundle_is_evaluated_against_the_fp32_dense_model(bundle, folder, monkeypatch):
+    import tokcompile.runtime.bench as bench_module
+
+    exported = []
+    real = bench_module.dense_runner
+
+    def spy(directory, threads=None, precision=None, weights=None):
+        exported.append(precision)
+        return real(directory, threads, precision, weights)
+
+    monkeypatch.setattr(bench_module, "dense_runner", spy)
+    result = evaluate(bundle("test_vit", precision="fp16"), images=folder, batch=2)
+    assert exported == ["fp32", "fp16"]  # the quality reference, then the throughput twin
+    assert (result.precision, result.reference_precision) == ("fp16", "fp32")
+    assert -1.0 <= result.cosine_min <= result.cosine_p5 <= 1.0 and result.cosine_min <= result.cosine_mean
+    text = "\n".join(result.lines())
+    assert "bundle fp16, reference dense model fp32" in text and "x, both fp16)" in text
+    assert f"p5 {result.cosine_p5:.4f}, min {result.cosine_min:.4f}" in text
+    same = evaluate(bundle("test_vit", precision="fp16"), images=folder, batch=2, reference="same")
+    assert same.reference_precision == "fp16" and exported[2:] == ["fp16"]
+
+
+def test_random_heads_and_weights_tag_every_figure(models):
+    from tokcompile.methods import apply_method, get_method, resolve_config
+    from tokcompile.runtime.caveats import caveats
+    from tokcompile.verify.compare import CompareReport
+    from tokcompile.verify.evaluate import EvalResult
+
+    model, spec = models("test_vit")
+    m = get_method("adavit")
+    _, info = apply_method(model, spec, m, resolve_config(m, spec, {}), "fp32")  # no trained heads
+    manifest = {"weights": {"source": "random"}, "method": {"name": "adavit", "warnings": info["method_warnings"]}}
+    tags = caveats(manifest)
+    assert tags == ["RANDOM weights", "RANDOM decision heads"]
+    assert caveats({"weights": {"source": "file"}, "method": {"name": "evit"}}) == []
+    result = EvalResult(
+        "b", "adavit", {}, "fp32", 4, 8, 0, 8, False, "random", 0.5, 0.6, 0.9, 0.9, 0.8, 240.0, 100.0, 0.85,
+        caveats=tags,
+    )  # fmt: skip
+    figures = [line for line in result.lines() if ":" in line and not line.startswith(("evaluated", "note"))]
+    assert len(figures) == 4 and all(line.endswith("[RANDOM weights, RANDOM decision heads]") for line in figures)
+    report = CompareReport("fp32", "same", "fp32", 1e-4, 0.95, 8, 0.1, 0.01, True, 8, 0.1, 1.0, caveats=tags)
+    report.layer_agreement, report.layer_overlap = {"kept_ids_3": 1.0}, {"kept_ids_3": 1.0}
+    tagged_lines = [line for line in report.lines() if line.startswith(("logits on all", "output effect", "kept_ids"))]
+    assert len(tagged_lines) == 3 and all(
+        line.endswith("[RANDOM weights, RANDOM decision heads]") for line in tagged_lines
+    )

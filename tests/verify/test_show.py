@@ -120,3 +120,68 @@ def test_show_bad_images(bundle, tmp_path):
     with pytest.raises(TokcompileError, match="cannot decode image"):
         show(bundle("test_vit"), broken, tmp_path / "o.png")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_adavit_skips_are_per_block_and_padding_is_never_a_patch():
+    # P = 1. A staged bundle pads kept ids with -1 up to the bucket; AdaViT's block 2 computes
+    # patch 1 again although block 1 skipped it (a skipped token returns in the next block).
+    layer_1 = np.array([0, 1, 3, -1, -1])
+    layer_2 = np.array([0, 2, 3, 4, -1])
+    a, b = evit_patch_states([layer_1, layer_2], num_patches=6, num_prefix=1, fuse=False, cumulative=False)
+    assert a.tolist() == [KEPT, PRUNED, KEPT, PRUNED, PRUNED, PRUNED]
+    assert b.tolist() == [PRUNED, KEPT, KEPT, KEPT, PRUNED, PRUNED]  # never EARLIER
+
+
+def test_show_ats_bundle_labels_what_ats_does(bundle, tmp_path):
+    from tokcompile.runtime.runner import load
+
+    directory = bundle("test_vit", method="ats", buckets="40,60,80")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (170, 200, 3), dtype=np.uint8)).save(image)
+    result = show(directory, image, tmp_path)  # an existing folder: the figure goes inside it
+    assert result.output == tmp_path / f"x-{directory.name}.png" and result.output.is_file()
+    assert not any("fused" in t for t in result.panels + result.legend)  # -1 here is bucket padding
+    assert "not sampled: dropped by this layer" in result.legend
+    assert set(result.legend) <= {"sampled (kept)", "not sampled: dropped by this layer", "dropped by an earlier layer"}
+    from tokcompile.data.images import preprocessing
+
+    with Image.open(image) as img:
+        x = preprocessing("test_vit", (3, 160, 160))(img.convert("RGB"))[None]
+    outputs = load(directory).run(x)
+    counts = {k.removeprefix("count_"): int(v[0]) for k, v in outputs.items() if k.startswith("count_")}
+    for title in result.panels[1:]:
+        block = title.split(":")[0].removeprefix("block ")
+        assert title.startswith(f"block {block}: {counts[block] - 1}/100 patches kept")  # count includes CLS
+
+
+def test_show_output_errors_and_random_weights_on_the_figure(bundle, tmp_path):
+    import json
+    import os
+    import shutil
+
+    from tokcompile.models.weights import file_sha256
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((160, 160, 3), 90, dtype=np.uint8)).save(image)
+    with pytest.raises(TokcompileError, match=r"folder '.*missing' does not exist; create it or choose another -o"):
+        show(bundle("test_vit"), image, tmp_path / "missing" / "o.png")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(TokcompileError, match=r"folder '.*locked' is not writable"):
+            show(bundle("test_vit"), image, locked / "o.png")
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle("test_vit"), copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["weights"] = {"source": "random", "seed": 0, "digest": manifest["weights"]["digest"]}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = show(copy, image, tmp_path / "r.png")
+    assert result.caveats == ["RANDOM weights"] and "RANDOM weights: these selections say nothing" in result.title
+    (copy / "model.onnx").write_bytes(b"not onnx at all")  # hash updated: only the format is wrong
+    manifest["files"]["model.onnx"]["sha256"] = file_sha256(copy / "model.onnx")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        TokcompileError, match=r"ONNX Runtime cannot load its ONNX files .*; rebuild the bundle"
+    ) as info:
+        show(copy, image, tmp_path / "bad.png")
+    assert "\n" not in str(info.value) and not (tmp_path / "bad.png").exists()

@@ -107,5 +107,11 @@ class OnnxRuntime(BackendBase):
                 first.get("onnxruntime_note", "see manifest"),
                 first["onnxruntime_file"],
             )
-        calls = [load(Path(directory) / s["onnxruntime_file"], threads).session.run for s in stages]
+        try:
+            calls = [load(Path(directory) / s["onnxruntime_file"], threads).session.run for s in stages]
+        except Exception as exc:  # ONNX Runtime's own types: InvalidProtobuf, Fail, ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TokcompileError(
+                f"bundle '{directory}': ONNX Runtime cannot load its ONNX files ({first}); rebuild the bundle"
+            ) from None
         return Loaded(calls, first["onnxruntime_file"], first["onnxruntime_precision"])

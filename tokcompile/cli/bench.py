@@ -1,31 +1,50 @@
 """Benchmark a bundle against its dense model, interleaved in one run.
 
+--images feeds photos preprocessed at the bundle's input size (token counts of staged bundles
+depend on the content); random inputs otherwise. Random weights and random decision heads are
+tagged on every ratio.
+
 Example:
   tokcompile bench deit_s-evit-fp16 --batch 1,16
+  tokcompile bench deit_s-ats-fp32 --images ../shared/imagenet-sample --batch 16
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .common import int_list
+from .. import _defaults
+from ..runtime.caveats import tagged
+from .common import int_list, non_negative_int, positive_int
+from .eval import add_weights_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle directory")
-    p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,16)")
-    p.add_argument("--iters", type=int, default=None, help="timed runs per model and batch (default 20)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3)")
+    p.add_argument(
+        "--batch", default=None, help=f"comma-separated batch sizes, each ≤ {_defaults.MAX_BATCH} (default 1,16)"
+    )
+    p.add_argument("--iters", type=positive_int, default=None, help="timed runs per model and batch (default 20)")
+    p.add_argument("--warmup", type=non_negative_int, default=None, help="untimed runs first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--images", default=None, help="folder of images to feed (default: random inputs)")
+    add_weights_argument(p)
 
 
 def run(args: argparse.Namespace) -> bool:
-    from ..runtime.bench import bench, ratio
+    from ..runtime.bench import bench, check_batches, ratio
 
     batches = int_list(args.batch, "--batch") if args.batch else None
+    if batches is not None:
+        check_batches(batches)
     report = bench(
-        args.bundle, batches=batches, iters=args.iters, warmup=args.warmup, threads=args.threads, images=args.images
+        args.bundle,
+        batches=batches,
+        iters=args.iters,
+        warmup=args.warmup,
+        threads=args.threads,
+        images=args.images,
+        weights=args.weights,
     )
     rows = report.rows
     print(f"{'batch':>5} {'model':>8} {'img/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
@@ -35,9 +54,10 @@ def run(args: argparse.Namespace) -> bool:
         line = f"batch {batch}: reduced/dense throughput ratio {ratio(rows, batch):.3f}x"
         if any(r.name == "masked" for r in rows):
             line += f", reduced/masked {ratio(rows, batch, 'masked'):.3f}x"
-        print(line)
+        print(tagged(line, report.caveats))
     for d in report.dispatch:
         hist = " ".join(f"{n}:{c}" for n, c in d["histogram"].items())
         hits = ", ".join(f"{b}×{c}" for b, c in d["bucket_hits"].items())
-        print(f"stage {d['stage']}: tokens {hist} | buckets {hits} | padding overhead {d['padding_overhead']:.1%}")
+        line = f"stage {d['stage']}: tokens {hist} | buckets {hits} | padding overhead {d['padding_overhead']:.1%}"
+        print(tagged(line, report.caveats))
     return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import math
 from typing import Any
 
 from ..errors import TokcompileError
@@ -31,3 +33,73 @@ def model_args(items: list[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key.strip()] = raw.strip()
     return out
+
+
+def _number(text: str, kind: type, what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'")
+    return value
+
+
+def _at_least(text: str, kind: type, low: float, what: str) -> Any:
+    value = _number(text, kind, what)
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value:g}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (a usage error is one line, exit 1: cli.main.Parser)."""
+    return _at_least(text, int, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    return _at_least(text, int, 0, "an integer ≥ 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0 (a tolerance)."""
+    return _at_least(text, float, 0.0, "a finite number ≥ 0")
+
+
+def batch_size(text: str) -> int:
+    """argparse type: a batch size in [1, _defaults.MAX_BATCH]."""
+    from .. import _defaults
+
+    value = positive_int(text)
+    if value > _defaults.MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be at most {_defaults.MAX_BATCH} (memory), got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (a share of images)."""
+    value = _number(text, float, "a number in [0, 1]")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
+    return value
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--img-size and --model-arg: what ``timm.create_model`` gets besides the name (``model_kwargs_of``)."""
+    p.add_argument("--img-size", type=int, default=None, help="input resolution (timm img_size), e.g. 224 for DINOv2")
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument, repeatable (e.g. qk_norm=True)",
+    )
+
+
+def model_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments of ``add_model_arguments``'s flags."""
+    kwargs = model_args(args.model_arg or [])
+    if args.img_size is not None:
+        kwargs["img_size"] = args.img_size
+    return kwargs

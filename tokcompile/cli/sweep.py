@@ -1,10 +1,13 @@
 """Sweep a method parameter: build, evaluate and plot one bundle per value.
 
-Each value is checked before anything is built; each point is built into OUT/points/, evaluated
-against the dense model (as 'tokcompile eval' does) and summed up in OUT/results.csv,
-OUT/results.md and OUT/pareto.png (throughput vs top-1 accuracy, or vs agreement with the dense
-model when the images carry no labels). Without --images the points run on random inputs
-(agreement and cosine only, unrepresentative).
+Each value is checked before anything is built; each point is built into OUT/points/. The
+dense model at lower input resolutions (position embeddings resampled from the same weights) is
+built into OUT/baselines/ as the baseline a method must beat: by default at most 3 sizes, at the
+points' GMACs (--resolutions). Everything is evaluated against the full-resolution dense model
+(as 'tokcompile eval' does) and summed up in OUT/results.csv, OUT/results.md and OUT/pareto.png
+(y: top-1 accuracy, or the features cosine to the dense model when the images carry no labels or
+the weights are random; x: GMACs and measured throughput). Without --images the points run on
+random inputs (unrepresentative). An existing OUT/results.csv is replaced only with --force.
 
 Values: start:stop:step (stop included) or a comma list; for --r, ';' separates values that
 hold commas or colons themselves (ToMe per-block lists or schedules: --r "16:-1;8:-1").
@@ -12,12 +15,14 @@ hold commas or colons themselves (ToMe per-block lists or schedules: --r "16:-1;
 Example:
   tokcompile sweep deit_s --method evit --keep-rate 0.5:0.9:0.1 --images ../shared/imagenet-sample
   tokcompile sweep deit_s --method tome --r 4:16:4 --images ../shared/imagenet-sample --limit 100
+  tokcompile sweep vit_small_patch14_dinov2 --img-size 224 --keep-rate 0.7 --resolutions 168,182
 """
 
 from __future__ import annotations
 
 import argparse
 
+from .common import add_model_arguments, model_kwargs_of
 from .eval import add_progress_argument, progress_of
 
 
@@ -34,7 +39,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="images per batch (default 16)")
     p.add_argument("--limit", type=int, default=None, help="at most N images per point (random inputs: N images)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
-    p.add_argument("--force", action="store_true", help="replace different bundles already at OUT/points/")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier sweep's results and different bundles in OUT"
+    )
+    add_model_arguments(p)
+    p.add_argument(
+        "--resolutions",
+        default=None,
+        help="lower input sizes of the dense baseline: auto (default: at the points' GMACs), none, or sizes in "
+        "px (e.g. 160,192)",
+    )
+    p.add_argument(
+        "--resolutions-max", type=int, default=None, help="with --resolutions auto: at most this many sizes (3)"
+    )
     add_progress_argument(p)
 
 
@@ -59,19 +76,26 @@ def run(args: argparse.Namespace) -> bool:
         force=args.force,
         progress=progress_of(args),
         threads=args.threads,
+        model_kwargs=model_kwargs_of(args),
+        resolutions=args.resolutions,
+        max_resolutions=args.resolutions_max,
     )
-    metric = "top-1" if result.metric == "top1" else "agreement"
     rows = result.rows()
     width = max(len("tokens"), *(len(r["tokens"]) for r in rows))
-    print(f"{param:>10} {'tokens':>{width}} {metric:>9} {'cosine':>7} {'img/s':>8} {'speed-up':>8}  Pareto")
+    print(
+        f"{'series':>16} {param:>10} {'tokens':>{width}} {'GMACs':>6} {'top-1':>7} {'agree':>7} {'cosine':>7} "
+        f"{'cos p5':>7} {'img/s':>8} {'speed-up':>8}  Pareto"
+    )
     for row in rows:
-        name = "dense" if row["point"] == "dense" else str(row["value"])
-        y = result.y(row)
-        cosine = "-" if row["cosine_mean"] is None else f"{row['cosine_mean']:.4f}"
+        pct = ["-" if row[k] is None else f"{row[k]:.2%}" for k in ("top1", "agreement")]
+        cos = ["-" if row[k] is None else f"{row[k]:.4f}" for k in ("cosine_mean", "cosine_p5")]
         print(
-            f"{name:>10} {row['tokens']:>{width}} {y:>9.2%} {cosine:>7} {row['images_per_s']:>8.1f} "
+            f"{row['series']:>16} {result.label(row):>10} {row['tokens']:>{width}} {row['gmacs']:>6.3f} "
+            f"{pct[0]:>7} {pct[1]:>7} {cos[0]:>7} {cos[1]:>7} {row['images_per_s']:>8.1f} "
             f"{row['speedup']:>7.2f}x  {'*' if row['pareto'] else ''}"
         )
+    for note in sorted({n for p in [*result.points, *result.baselines] for n in p.result.notes if "RANDOM" in n}):
+        print(note)
     for path in result.files:
         print(f"wrote {path}")
     return True

@@ -19,6 +19,7 @@ from .weights import (
     hub_reachable,
     load_state_dict_strict,
     read_checkpoint,
+    resample_position_embedding,
     split_method_state,
     state_digest,
 )
@@ -125,7 +126,9 @@ def create_model(
     """Build a timm ViT in eval mode and load its weights.
 
     weights: ``auto`` (pretrained when timm's hub answers, else random with a warning),
-    ``pretrained``, ``random``, or a path to ``.safetensors``/``.pth``/``.pt``. ``timm_kwargs``
+    ``pretrained``, ``random``, or a path to ``.safetensors``/``.pth``/``.pt`` (a checkpoint whose
+    position grid differs from the model's is resampled and the record says so, see
+    ``weights.resample_position_embedding``). ``timm_kwargs``
     go to ``timm.create_model`` (e.g. ``img_size=224`` for a DINOv2 model, ``qk_norm=True``).
     Returns (model, spec, weights record for the manifest). With ``auto`` falling back to random
     weights the record carries a ``notice`` for the caller to show once its inputs are validated.
@@ -174,8 +177,11 @@ def create_model(
             )
         state, method_state = split_method_state(read_checkpoint(path))
         model = _timm_model(timm_name, False, timm_kwargs)
+        resampled = resample_position_embedding(model, state, str(path))
         load_state_dict_strict(model, state, str(path))
         record = {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
+        if resampled is not None:
+            record["resampled"] = resampled
         if method_state:  # read by the method's pass through the captured graph (AdaViT decision heads)
             setattr(model, METHOD_STATE_ATTR, method_state)
             record["method_tensors"] = len(method_state)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import socket
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -100,7 +101,7 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
@@ -130,6 +131,95 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
             "(check that --weights belongs to this model)"
         )
     model.load_state_dict(state, strict=True)
+
+
+POS_EMBED = "pos_embed"
+POS_EMBED_INTERPOLATION = "bicubic"  # timm's, with antialias off as timm's checkpoint filters load it
+MAX_PREFIX_GUESS = 8  # class + distillation + register tokens: prefix counts tried to explain a mismatch
+
+
+def resample_position_embedding(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str
+) -> Optional[dict[str, Any]]:
+    """Resample the checkpoint's ``pos_embed`` in place to the model's patch grid when the grids differ.
+
+    state[pos_embed]: [1, P + g·g, C] from a square g × g grid; the model's: [1, P + gh·gw, C]
+    with the same P prefix positions (class/distillation/register tokens that carry one; none
+    for ``no_embed_class`` models) and width C. The grid is resized bicubically with antialias
+    off (timm's ``resample_abs_pos_embed``), prefix positions kept as they are. Returns the
+    record for the manifest (tensor, from/to grid, interpolation), or None when nothing needed
+    resampling. Raises TokcompileError naming the tensor, both shapes and what to check where
+    resampling cannot apply: another width, another prefix count, a grid that is not square.
+    """
+    if POS_EMBED not in state or getattr(model, POS_EMBED, None) is None:
+        return None
+    got, want = state[POS_EMBED], getattr(model, POS_EMBED)
+    if got.shape == want.shape:
+        return None
+    shapes = f"checkpoint {tuple(got.shape)}, model {tuple(want.shape)}"
+    if got.dim() != 3 or got.shape[0] != 1:
+        raise TokcompileError(
+            f"checkpoint '{source}': {POS_EMBED} ({shapes}) is not [1, tokens, width]; "
+            "check that --weights belongs to this model"
+        )
+    if got.shape[2] != want.shape[2]:
+        raise TokcompileError(
+            f"checkpoint '{source}': {POS_EMBED} ({shapes}) has width {got.shape[2]}, the model {want.shape[2]}: "
+            "the checkpoint is for another model size; check the model name and --model-arg embed_dim"
+        )
+    vit: Any = model  # a timm VisionTransformer
+    prefix = 0 if getattr(vit, "no_embed_class", False) else int(vit.num_prefix_tokens)
+    rows, cols = (int(v) for v in vit.patch_embed.grid_size)
+    side = _square_side(got.shape[1] - prefix)
+    if side is None:
+        others = [p for p in range(MAX_PREFIX_GUESS + 1) if p != prefix and _square_side(got.shape[1] - p)]
+        hint = (
+            f"it would fit {others[0]} prefix position(s) + a {_square_side(got.shape[1] - others[0])}² grid: "
+            f"the checkpoint has another number of class/register tokens than the model's {prefix}; "
+            "check the model variant (e.g. --model-arg reg_tokens, class_token, no_embed_class)"
+            if others
+            else "its grid is not square, so it cannot be inferred; resample it to the model's grid yourself"
+        )
+        raise TokcompileError(
+            f"checkpoint '{source}': cannot resample {POS_EMBED} ({shapes}): {got.shape[1]} positions are not "
+            f"{prefix} prefix position(s) + a square grid; {hint}"
+        )
+    from timm.layers import resample_abs_pos_embed
+
+    state[POS_EMBED] = resample_abs_pos_embed(
+        got,
+        new_size=[rows, cols],
+        old_size=[side, side],
+        num_prefix_tokens=prefix,
+        interpolation=POS_EMBED_INTERPOLATION,
+        antialias=False,
+    ).contiguous()
+    record = {
+        "tensor": POS_EMBED,
+        "from_grid": [side, side],
+        "to_grid": [rows, cols],
+        "prefix_tokens": prefix,
+        "interpolation": POS_EMBED_INTERPOLATION,
+        "antialias": False,
+    }
+    logger.info(
+        "weights: resampled %s of '%s' from a %d×%d to the model's %d×%d patch grid (%s, antialias off, "
+        "%d prefix position(s) kept)",
+        POS_EMBED,
+        source,
+        side,
+        side,
+        rows,
+        cols,
+        POS_EMBED_INTERPOLATION,
+        prefix,
+    )
+    return record
+
+
+def _square_side(n: int) -> Optional[int]:
+    side = math.isqrt(n) if n > 0 else 0
+    return side if side > 0 and side * side == n else None
 
 
 def state_digest(model: torch.nn.Module, extra: dict[str, torch.Tensor] | None = None) -> str:

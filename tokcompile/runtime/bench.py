@@ -19,6 +19,8 @@ from typing import Optional
 import numpy as np
 
 from .. import _defaults
+from ..errors import TokcompileError
+from .caveats import caveats
 from .runner import load
 
 logger = logging.getLogger(__name__)
@@ -39,12 +41,20 @@ def _row(batch: int, name: str, seconds: list[float]) -> BenchRow:
     return BenchRow(batch, name, batch * len(seconds) / sum(seconds), *np.percentile(ms, [50, 90, 99]).tolist())
 
 
-def twin_runner(bundle: Path, method: Optional[str] = None, threads: Optional[int] = None):
+def twin_runner(
+    bundle: Path,
+    method: Optional[str] = None,
+    threads: Optional[int] = None,
+    precision: Optional[str] = None,
+    weights: Optional[str] = None,
+):
     """Export a twin of the bundle's model to a temporary file and return an ONNX Runtime runner.
 
     method ``"none"``: the dense model (same weights, precision, export path). method None: the
     bundle's own method as ONE graph at the full token count, padded positions masked: the masked
-    execution research code uses, the baseline a staged bundle must beat.
+    execution research code uses, the baseline a staged bundle must beat. ``precision``: the
+    twin's (default: the precision ONNX Runtime executes for the bundle). ``weights``: a
+    checkpoint path replacing the manifest's (``api.rebuild``).
     """
     from ..api import rebuild
     from ..backends import onnxruntime as ort_backend
@@ -54,15 +64,19 @@ def twin_runner(bundle: Path, method: Optional[str] = None, threads: Optional[in
 
     manifest = read_manifest(bundle)
     stage = manifest["stages"][0]
-    gm, spec, _ = rebuild(manifest, method=method, precision=stage["onnxruntime_precision"])
+    gm, spec, _ = rebuild(
+        manifest, method=method, precision=precision or stage["onnxruntime_precision"], weights=weights
+    )
     with tempfile.TemporaryDirectory(prefix="tokcompile-twin-") as tmp:  # the session keeps the model
         path = Path(tmp) / "twin.onnx"
         onnx_from_graph_module(gm, spec.input_shape, path, named_outputs(gm))
         return ort_backend.load(path, threads)
 
 
-def dense_runner(bundle: Path, threads: Optional[int] = None):
-    return twin_runner(bundle, "none", threads)
+def dense_runner(
+    bundle: Path, threads: Optional[int] = None, precision: Optional[str] = None, weights: Optional[str] = None
+):
+    return twin_runner(bundle, "none", threads, precision, weights)
 
 
 @dataclass
@@ -70,6 +84,17 @@ class BenchReport:
     rows: list[BenchRow]
     # staged bundles: per boundary stage, token-count histogram, bucket hits and padding overhead
     dispatch: list[dict] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)  # runtime.caveats tags for every ratio
+
+
+def check_batches(batches: Sequence[int], flag: str = "--batch") -> None:
+    """Batch sizes in [1, MAX_BATCH]; one line naming ``flag`` otherwise."""
+    for b in batches:
+        if not 1 <= b <= _defaults.MAX_BATCH:
+            raise TokcompileError(
+                f"{flag} must be between 1 and {_defaults.MAX_BATCH} (a batch holds its images and every "
+                f"activation in memory at once), got {b}"
+            )
 
 
 def bench(
@@ -80,24 +105,30 @@ def bench(
     threads: Optional[int] = None,
     seed: int = 0,
     images: Optional[Path | str] = None,
+    weights: Optional[str] = None,
 ) -> BenchReport:
     """Time the bundle against its dense twin (and, for staged bundles, its masked twin),
-    interleaved. ``images``: a folder whose photos feed the batches (default random inputs)."""
+    interleaved. ``images``: a folder whose photos feed the batches (default random inputs),
+    preprocessed at the bundle's input size. ``weights``: a checkpoint path replacing the
+    manifest's for rebuilding the twins."""
     bundle = Path(bundle)
-    batches = tuple(batches or _defaults.BENCH_BATCHES)
-    iters = iters or _defaults.BENCH_ITERS
+    batches = tuple(batches) if batches is not None else _defaults.BENCH_BATCHES
+    iters = _defaults.BENCH_ITERS if iters is None else iters
     warmup = _defaults.BENCH_WARMUP if warmup is None else warmup
+    check_batches(batches)
+    if iters < 1 or warmup < 0:
+        raise TokcompileError(f"--iters must be ≥ 1 and --warmup ≥ 0, got {iters} and {warmup}")
     reduced = load(bundle, threads)
-    runs = {"reduced": reduced.run, "dense": dense_runner(bundle, threads)}
+    runs = {"reduced": reduced.run, "dense": dense_runner(bundle, threads, weights=weights)}
     if reduced.staged:
-        runs["masked"] = twin_runner(bundle, None, threads)
+        runs["masked"] = twin_runner(bundle, None, threads, weights=weights)
     pool = None
     if images is not None:
-        from ..verify.images import image_batches
+        from ..data.images import image_batches, preprocessing
 
-        pool = np.concatenate(
-            list(image_batches(images, reduced.manifest["model"]["timm_name"], 16, limit=max(batches)))
-        )
+        model = reduced.manifest["model"]
+        preprocess = preprocessing(model["timm_name"], model["input_shape"])
+        pool = np.concatenate(list(image_batches(images, preprocess, 16, limit=max(batches))))
     rng = np.random.default_rng(seed)
     rows: list[BenchRow] = []
     for batch in batches:
@@ -127,7 +158,7 @@ def bench(
         }
         for stage in sorted(stats.counts)
     ]
-    return BenchReport(rows, dispatch)
+    return BenchReport(rows, dispatch, caveats(reduced.manifest))
 
 
 def ratio(rows: list[BenchRow], batch: int, baseline: str = "dense") -> float:

@@ -1,7 +1,11 @@
 """``tokcompile eval``: a bundle and its dense twin on the same images.
 
-The dense twin comes from ``runtime.bench.dense_runner`` (same weights, same executed precision,
-same export path, method ``none``), so every difference below is the token reduction's. Per
+The dense twin comes from ``runtime.bench.dense_runner`` (same weights, same export path, method
+``none``). Quality is measured against the fp32 dense model for reduced-precision bundles
+(``--reference fp32``, the default there: what the deployed fp16 bundle loses against the model
+the user trained) or against the dense model at the bundle's executed precision (``--reference
+same``: only the token reduction's effect); throughput always against the dense model at the
+bundle's executed precision, so the speed-up isolates token reduction. Per
 batch the models run back to back, in rotating order (as ``bench`` alternates), so drift on a
 shared machine hits all alike; throughput is images over the summed run time of that model,
 decoding and preprocessing excluded, after one untimed warm-up run of each. A sweep evaluates
@@ -9,9 +13,14 @@ all its bundles in one such pass (``evaluate_bundles``): one dense run per batch
 timings across points.
 
 Reported: top-1 accuracy of both models where file locations carry ImageNet-1k labels
-(``labels.py``), top-1 agreement of the bundle with the dense model, cosine similarity of the
-final features (the classifier input, output ``features``), and both throughputs. Files that
-fail to decode are skipped with a warning and counted; one bad file never ends a long run.
+(``data/labels.py``), top-1 agreement of the bundle with the dense model (classifiers only: none
+for a 0-class model), cosine similarity of the final features (the classifier input, output
+``features``; the output itself for a model without a head): mean, 5th percentile and minimum,
+and both throughputs. Images are preprocessed at each bundle's input size
+(``data.images.preprocessing``). Random weights and random decision heads tag every figure.
+Files that fail to decode are skipped with a warning and counted; one bad file never ends a long
+run. ``evaluate_bundles`` also takes ``baselines``: dense bundles at other input sizes (the
+sweep's lower-resolution series), each fed the same photos preprocessed at its own size.
 """
 
 from __future__ import annotations
@@ -29,8 +38,11 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _defaults
+from ..data.labels import labels_of, top1_correct
 from ..errors import TokcompileError
-from .labels import labels_of, top1_correct
+from ..runtime.caveats import RANDOM_HEADS as RANDOM_HEADS_TAG
+from ..runtime.caveats import RANDOM_WEIGHTS as RANDOM_WEIGHTS_TAG
+from ..runtime.caveats import caveats, tagged
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +50,8 @@ EVAL_BATCH = _defaults.EVAL_BATCH
 RANDOM_IMAGES = _defaults.EVAL_RANDOM_IMAGES  # images drawn when no folder is given
 IMAGENET_CLASSES = 1000
 DENSE = "dense"  # the reference model's key in score_batches
+TIMING = "dense-timing"  # the dense model at the bundle's precision, when the reference is another
+REFERENCES = ("fp32", "same")
 
 RANDOM_WARNING = (
     "no --images: evaluating on random inputs; agreement and cosine on noise are unrepresentative "
@@ -78,11 +92,15 @@ class EvalResult:
     weights: str  # the bundle's weights source: pretrained, file, random
     top1: Optional[float]  # None without labels
     dense_top1: Optional[float]
-    agreement: float  # top-1 agreement with the dense model, in [0, 1]
-    cosine_mean: Optional[float]  # features cosine similarity, in [-1, 1]; None without features
+    agreement: Optional[float]  # top-1 agreement with the dense model, in [0, 1]; None without classes
+    cosine_mean: Optional[float]  # features cosine similarity, in [-1, 1]
     cosine_min: Optional[float]
     images_per_s: float
     dense_images_per_s: float
+    cosine_p5: Optional[float] = None  # 5th percentile over images
+    reference_precision: Optional[str] = None  # the quality reference's precision (None: the bundle's)
+    input_size: Optional[tuple[int, int]] = None
+    caveats: list[str] = field(default_factory=list)  # runtime.caveats tags for every figure
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -93,18 +111,36 @@ class EvalResult:
     def lines(self) -> list[str]:
         skipped = f" (skipped {self.skipped} unreadable file{'s' if self.skipped != 1 else ''})" if self.skipped else ""
         source = "random inputs" if self.random_inputs else "images"
-        out = [f"evaluated {self.images} {source}{skipped}, batch {self.batch}, {self.precision} on both models"]
+        reference = self.reference_precision or self.precision
+        out = [
+            f"evaluated {self.images} {source}{skipped}, batch {self.batch}: bundle {self.precision}, "
+            f"reference dense model {reference}"
+        ]
+        tags = self.caveats
         if self.top1 is not None and self.dense_top1 is not None:
             out.append(
-                f"top-1 accuracy: bundle {self.top1:.2%}, dense {self.dense_top1:.2%} "
-                f"({self.top1 - self.dense_top1:+.2%}) on {self.labelled} labelled images"
+                tagged(
+                    f"top-1 accuracy: bundle {self.top1:.2%}, dense {self.dense_top1:.2%} "
+                    f"({self.top1 - self.dense_top1:+.2%}) on {self.labelled} labelled images",
+                    tags,
+                )
             )
-        out.append(f"top-1 agreement with dense: {self.agreement:.2%}")
+        if self.agreement is not None:
+            out.append(tagged(f"top-1 agreement with dense: {self.agreement:.2%}", tags))
         if self.cosine_mean is not None:
-            out.append(f"features cosine similarity: mean {self.cosine_mean:.4f}, min {self.cosine_min:.4f}")
+            out.append(
+                tagged(
+                    f"features cosine similarity: mean {self.cosine_mean:.4f}, p5 {self.cosine_p5:.4f}, "
+                    f"min {self.cosine_min:.4f}",
+                    tags,
+                )
+            )
         out.append(
-            f"throughput: bundle {self.images_per_s:.1f} img/s, dense {self.dense_images_per_s:.1f} img/s "
-            f"({self.speedup:.2f}x)"
+            tagged(
+                f"throughput: bundle {self.images_per_s:.1f} img/s, dense {self.dense_images_per_s:.1f} img/s "
+                f"({self.speedup:.2f}x, both {self.precision})",
+                tags,
+            )
         )
         return out + self.notes
 
@@ -132,16 +168,6 @@ def bars_and_logs(progress: Optional[bool]) -> contextlib.AbstractContextManager
     return logging_redirect_tqdm(loggers=[logging.getLogger("tokcompile")])
 
 
-def select_files(files: Sequence[Path], limit: Optional[int]) -> list[Path]:
-    """At most ``limit`` files, spread evenly over the sorted list (a class-folder layout keeps every class)."""
-    if limit is None or limit >= len(files):
-        return list(files)
-    if limit < 1:
-        raise TokcompileError(f"--limit must be a positive integer, got {limit}")
-    picks = np.unique(np.linspace(0, len(files) - 1, limit).round().astype(int))
-    return [files[i] for i in picks]
-
-
 def random_batches(shape: tuple[int, ...], count: int, batch: int, seed: int = 0) -> Iterator[tuple[np.ndarray, None]]:
     """``count`` seeded standard-normal images in batches, paired with None (no files, no labels)."""
     rng = np.random.default_rng(seed)
@@ -149,7 +175,7 @@ def random_batches(shape: tuple[int, ...], count: int, batch: int, seed: int = 0
         yield rng.standard_normal((min(batch, count - start), *shape), dtype=np.float32), None
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of [B, C] arrays in float64; 1.0 where both rows are zero."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
@@ -162,16 +188,21 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def score_batches(
     models: Mapping[str, Model],
-    batches: Iterable[tuple[np.ndarray, Optional[Sequence[Path]]]],
+    batches: Iterable[tuple[Any, Optional[Sequence[Path]]]],
     reference: str = "dense",
     outputs: Sequence[str] = ("logits", "features"),
     with_labels: bool = True,
     bar: Any = None,
+    views: Optional[Mapping[str, int]] = None,
+    cosine_output: Optional[str] = "features",
 ) -> dict[str, Scores]:
     """Run every model on every batch, back to back, and total each against ``models[reference]``.
 
     batches: (images [b, 3, H, W] float32, their files or None); labels come from the files.
-    ``outputs`` are requested from every model: ``logits`` always, ``features`` when present.
+    With ``views`` (model name → index), a batch's images are a list of arrays, the same images
+    preprocessed at several input sizes, and each model gets its own (models not named: index 0).
+    ``outputs`` are requested from every model: ``logits`` always, ``features`` when present;
+    the cosine to the reference is taken on ``cosine_output`` when it is among them.
     The running order rotates by one model per batch, so no model always runs first or last and
     drift on a shared machine hits all alike; the first batch also runs once untimed per model
     (ONNX Runtime allocates and picks kernels on its first runs).
@@ -179,32 +210,37 @@ def score_batches(
     names = list(models)
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not among the models {names}")
+
+    def view(images: Any, name: str) -> np.ndarray:
+        return images if views is None else images[views.get(name, 0)]
+
     scores = {name: Scores() for name in names}
     for index, (images, files) in enumerate(batches):
         if index == 0:
-            for fn in models.values():
-                fn(images, outputs)
+            for name, fn in models.items():
+                fn(view(images, name), outputs)
         got: dict[str, dict[str, np.ndarray]] = {}
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            got[name] = models[name](images, outputs)
+            got[name] = models[name](view(images, name), outputs)
             scores[name].seconds += time.perf_counter() - start
+        count = len(view(images, reference))
         labels = labels_of(files) if with_labels and files is not None else None
         ref = got[reference]
         ref_top = ref["logits"].argmax(1)
         for name, out in got.items():
             score = scores[name]
-            score.images += len(images)
+            score.images += count
             score.agree += int((out["logits"].argmax(1) == ref_top).sum())
-            if "features" in outputs:
-                score.cosines.append(_cosine(out["features"], ref["features"]))
+            if cosine_output is not None and cosine_output in outputs:
+                score.cosines.append(cosine(out[cosine_output], ref[cosine_output]))
             if labels is not None:
                 correct, labelled = top1_correct(out["logits"], labels)
                 score.correct += correct
                 score.labelled += labelled
         if bar is not None:
-            bar.update(len(images))
+            bar.update(count)
     return scores
 
 
@@ -218,14 +254,20 @@ def evaluate(
     threads: Optional[int] = None,
     seed: int = 0,
     warn_random: bool = True,
+    reference: Optional[str] = None,
+    weights: Optional[str] = None,
 ) -> EvalResult:
     """Evaluate ``bundle`` against its dense twin on an image folder (or random inputs without one).
 
-    ``dense``: a runner from ``runtime.bench.dense_runner`` to reuse; by default it is exported
-    from the bundle. ``limit``: at most that many files, spread evenly over the folder's sorted
-    files. Raises TokcompileError for a folder without decodable images.
+    ``dense``: a runner from ``runtime.bench.dense_runner`` at the reference's precision to reuse;
+    by default it is exported from the bundle. ``limit``: at most that many files, spread evenly
+    over the folder's sorted files. ``reference``: "fp32" (default for reduced-precision bundles)
+    or "same"; ``weights``: a checkpoint path replacing the manifest's. Raises TokcompileError for
+    a folder without decodable images.
     """
-    return evaluate_bundles([bundle], images, batch, limit, dense, progress, threads, seed, warn_random)[0]
+    return evaluate_bundles(
+        [bundle], images, batch, limit, dense, progress, threads, seed, warn_random, reference, weights
+    )[0]
 
 
 def evaluate_bundles(
@@ -238,76 +280,104 @@ def evaluate_bundles(
     threads: Optional[int] = None,
     seed: int = 0,
     warn_random: bool = True,
+    reference: Optional[str] = None,
+    weights: Optional[str] = None,
+    baselines: Sequence[Path | str] = (),
 ) -> list[EvalResult]:
     """``evaluate`` for bundles that share one dense twin (same model, weights and executed precision).
 
     All of them run on each batch together with one dense run (``score_batches``), so every
     throughput is measured under the same conditions and each image is decoded once. The dense
-    twin is exported from the first bundle unless ``dense`` is given. All runners are loaded at
-    once: memory grows with the number of bundles.
+    twin is exported from the first bundle unless ``dense`` is given. ``baselines``: dense bundles
+    of the same model at other input sizes (their results follow the bundles'), each fed the
+    images preprocessed at its own size and scored against the same reference. All runners are
+    loaded at once: memory grows with the number of bundles.
     """
+    from ..data.images import ImageStats, list_images, load_batches_multi, preprocessing, spread
     from ..runtime.bench import dense_runner
     from ..runtime.runner import load
-    from .images import ImageStats, list_images, load_batches
 
     if not bundles:
         raise ValueError("evaluate_bundles needs at least one bundle")
-    directories = [Path(b) for b in bundles]
+    directories = [Path(b) for b in bundles] + [Path(b) for b in baselines]
     batch = EVAL_BATCH if batch is None else batch
-    if batch < 1:
-        raise TokcompileError(f"--batch must be a positive integer, got {batch}")
+    if not 1 <= batch <= _defaults.MAX_BATCH:
+        raise TokcompileError(f"--batch must be between 1 and {_defaults.MAX_BATCH}, got {batch}")
     if limit is not None and limit < 1:
         raise TokcompileError(f"--limit must be a positive integer, got {limit}")
     runners = [load(d, threads) for d in directories]
     first = runners[0].manifest
-    for d, r in zip(directories[1:], runners[1:]):
+    for i, (d, r) in enumerate(zip(directories[1:], runners[1:]), start=1):
         m = r.manifest
-        if (m["model"]["timm_name"], m["weights"].get("digest"), r.precision) != (
-            first["model"]["timm_name"],
-            first["weights"].get("digest"),
-            runners[0].precision,
-        ):
+        same = [m["model"]["timm_name"] == first["model"]["timm_name"], r.precision == runners[0].precision]
+        if i < len(bundles):
+            same.append(m["weights"].get("digest") == first["weights"].get("digest"))
+        if not all(same):
             raise TokcompileError(
                 f"bundle '{d}' has another model, weights or precision than '{directories[0]}'; "
                 "bundles evaluated together share one dense model"
             )
+    precision = runners[0].precision
+    if reference is None:
+        reference = _defaults.COMPARE_REFERENCE if first["precision"] != "fp32" else "same"
+    if reference not in REFERENCES:
+        raise TokcompileError(f"--reference must be one of {', '.join(REFERENCES)}, got '{reference}'")
+    reference_precision = "fp32" if reference == "fp32" else precision
     stats = ImageStats()
     labelled_model = first["model"].get("num_classes") == IMAGENET_CLASSES
+    classes = int(first["model"].get("num_classes", IMAGENET_CLASSES))
+    timm_name = first["model"]["timm_name"]
+    sizes = list(dict.fromkeys(tuple(r.input_shape) for r in runners))  # the bundles' size first
+    views = {str(i): sizes.index(tuple(r.input_shape)) for i, r in enumerate(runners)}
+    preprocess = [preprocessing(timm_name, shape) for shape in sizes]
     if images is None:
         if warn_random:
             logger.warning("%s", RANDOM_WARNING)
         count = limit or RANDOM_IMAGES
-        batches: Iterator[Any] = random_batches(tuple(first["model"]["input_shape"]), count, batch, seed)
+        noise = random_batches(sizes[0], count, batch, seed)
+        batches: Iterator[Any] = (([x] + [p.resize(x) for p in preprocess[1:]], None) for x, _ in noise)
     else:
-        files = select_files(list_images(images), limit)
+        files = spread(list_images(images), limit)
         count = len(files)
-        batches = load_batches(files, first["model"]["timm_name"], batch, stats, source=f"--images '{images}'")
+        batches = load_batches_multi(files, preprocess, batch, stats, source=f"--images '{images}'")
     # Decode the first batch before exporting the dense twin: a folder where nothing decodes fails fast.
     head = next(batches)
     batches = itertools.chain([head], batches)
     if dense is None:
-        logger.info("eval: exporting the dense twin of %s", directories[0])
-        dense = dense_runner(directories[0], threads)
+        logger.info("eval: exporting the dense twin of %s (%s)", directories[0], reference_precision)
+        dense = dense_runner(directories[0], threads, precision=reference_precision, weights=weights)
+    models: dict[str, Model] = {DENSE: dense}
+    if reference_precision != precision:
+        logger.info("eval: exporting the dense twin at %s for the throughput comparison", precision)
+        models[TIMING] = dense_runner(directories[0], threads, precision=precision, weights=weights)
     # a staged bundle's final outputs differ from its first stage's; older runners lack output_names
     outputs = ["logits", "features"]
-    for r in runners:
-        if "features" not in (getattr(r, "output_names", None) or r.manifest["stages"][0]["outputs"]):
+    every: list[Any] = [*runners, *models.values()]
+    for model in every:
+        if "features" not in (getattr(model, "output_names", None) or model.manifest["stages"][0]["outputs"]):
             outputs = ["logits"]
-    if "features" not in getattr(dense, "output_names", outputs):
-        outputs = ["logits"]
 
     def bundle_model(runner: Any) -> Model:
         # runner.run: the bundle as users run it (input checks, every output incl. the token maps)
         return lambda x, _names: runner.run(x)
 
-    models: dict[str, Model] = {DENSE: dense}
     models.update({str(i): bundle_model(r) for i, r in enumerate(runners)})
     desc = f"eval {directories[0].name}" if len(runners) == 1 else f"eval {len(runners)} bundles"
     with bars_and_logs(progress), progress_bar(count, desc, progress, leave=False) as bar:
-        scores = score_batches(models, batches, DENSE, outputs, with_labels=labelled_model, bar=bar)
-    ref = scores[DENSE]
+        scores = score_batches(
+            models,
+            batches,
+            DENSE,
+            outputs,
+            with_labels=labelled_model,
+            bar=bar,
+            views=views,
+            cosine_output="features" if "features" in outputs else None if classes else "logits",
+        )
+    timing = scores.get(TIMING, scores[DENSE])
+    context = {"batch": batch, "stats": stats, "images": images, "labelled_model": labelled_model}
     return [
-        _result(d, r, scores[str(i)], ref, batch, stats, images, labelled_model)
+        _result(d, r, scores[str(i)], scores[DENSE], timing, reference_precision, classes, **context)
         for i, (d, r) in enumerate(zip(directories, runners))
     ]
 
@@ -317,6 +387,9 @@ def _result(
     runner: Any,
     score: Scores,
     ref: Scores,
+    timing: Scores,
+    reference_precision: str,
+    classes: int,
     batch: int,
     stats: Any,
     images: Optional[Path | str],
@@ -326,10 +399,12 @@ def _result(
     notes: list[str] = []
     if images is None:
         notes.append("note: random inputs, unrepresentative of real images")
-    elif not labelled_model:
+    elif not classes:
         notes.append(
-            f"note: the model has {manifest['model'].get('num_classes')} classes, not ImageNet-1k's 1000; no accuracy"
+            "note: the model has no classifier (0 classes): no accuracy or top-1 agreement; its output is compared"
         )
+    elif not labelled_model:
+        notes.append(f"note: the model has {classes} classes, not ImageNet-1k's 1000; no accuracy")
     elif score.labelled == 0:
         notes.append(
             "note: no file location names an ImageNet-1k class (DIR/<wnid>/x.JPEG or <wnid>_x.JPEG); no accuracy"
@@ -339,8 +414,14 @@ def _result(
     if stats.skipped:
         shown = ", ".join(p.name for p in stats.skipped[:3]) + (", ..." if len(stats.skipped) > 3 else "")
         notes.append(f"unreadable files skipped: {shown}")
-    if manifest["weights"].get("source") == "random":
-        notes.append("note: the bundle has RANDOM weights; accuracy figures mean nothing")
+    tags = caveats(manifest)
+    if RANDOM_WEIGHTS_TAG in tags:
+        notes.append("note: the bundle has RANDOM weights; accuracy, agreement and cosine mean nothing")
+    if RANDOM_HEADS_TAG in tags:
+        notes.append(
+            "note: the bundle's decision heads are RANDOM (no trained heads in the checkpoint): its token counts, "
+            "speed-up and output say nothing about the trained method"
+        )
     cosines = np.concatenate(score.cosines) if score.cosines else None
     return EvalResult(
         bundle=str(directory),
@@ -355,10 +436,14 @@ def _result(
         weights=str(manifest["weights"].get("source")),
         top1=score.correct / score.labelled if score.labelled else None,
         dense_top1=ref.correct / ref.labelled if ref.labelled else None,
-        agreement=score.agree / score.images,
+        agreement=score.agree / score.images if classes else None,
         cosine_mean=float(cosines.mean()) if cosines is not None else None,
         cosine_min=float(cosines.min()) if cosines is not None else None,
         images_per_s=score.images_per_s,
-        dense_images_per_s=ref.images_per_s,
+        dense_images_per_s=timing.images_per_s,
+        cosine_p5=float(np.percentile(cosines, 5)) if cosines is not None else None,
+        reference_precision=reference_precision,
+        input_size=tuple(runner.input_shape[1:]),
+        caveats=tags,
         notes=notes,
     )

@@ -3,10 +3,13 @@
 The maps come from the bundle's own outputs (``runner.run``), i.e. from the token ops the bundle
 executes, never from a re-implementation:
 
-* EViT, ``kept_ids_<block>`` [B, k] int64: original token ids kept by that layer (ids < P are
-  prefix tokens, -1 is an earlier fused token). Drawn as the EViT paper (Liang et al., ICLR'22)
-  draws attentive tokens: kept patches in colour, the others greyed; a patch fused into this
-  layer's extra token is tinted and hatched, one dropped by an earlier layer is dark grey.
+* ``kept_ids_<block>`` [B, k] int64: original token ids kept by that layer (ids < P are prefix
+  tokens; -1 is EViT's fused token or, in staged bundles, bucket padding: never a patch). Drawn
+  as the EViT paper (Liang et al., ICLR'22) draws attentive tokens: kept patches in colour, the
+  others greyed, labelled with what the method did to them (``LEGENDS``): EViT fuses them into
+  the layer's extra token (tinted and hatched) or prunes them; ATS drops the tokens its sampling
+  did not pick; A-ViT halts tokens; all three for good (dark grey in later layers). AdaViT skips
+  a token in one block only: it is computed again in the next, so its panels are independent.
 * ToMe, ``merge_map_<block>`` [B, N0] int64: for every original token its position in that
   layer's output. Drawn as in the ToMe paper (Bolya et al., ICLR'23) and its ``tome/vis.py``:
   every group of two or more merged patches is filled with its mean colour and outlined in a
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import colorsys
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +33,45 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import TokcompileError
+from ..runtime.caveats import caveats
 
 logger = logging.getLogger(__name__)
 
 KEPT_PREFIX, MERGE_PREFIX = "kept_ids_", "merge_map_"
 
-# EViT patch states
+# patch states of kept_ids_* layers
 KEPT, FUSED, PRUNED, EARLIER = 0, 1, 2, 3
 STATE_LABELS = {
     KEPT: "kept",
     FUSED: "fused into this layer's extra token",
     PRUNED: "pruned by this layer",
     EARLIER: "dropped by an earlier layer",
+}
+
+
+@dataclass(frozen=True)
+class Legend:
+    """What a method's kept_ids_* layers mean: labels per state, and whether a drop is for good."""
+
+    labels: dict[int, str]
+    cumulative: bool = True  # a token not kept by a layer is absent from every later layer
+    noun: str = "patches kept"
+
+
+LEGENDS = {
+    "evit": Legend(STATE_LABELS),
+    "ats": Legend(
+        {KEPT: "sampled (kept)", PRUNED: "not sampled: dropped by this layer", EARLIER: "dropped by an earlier layer"}
+    ),
+    "avit": Legend(
+        {KEPT: "still running", PRUNED: "halted at this layer", EARLIER: "halted at an earlier layer"},
+        noun="patches still running",
+    ),
+    "adavit": Legend(
+        {KEPT: "computed in this block", PRUNED: "skipped in this block (computed again in the next)"},
+        cumulative=False,
+        noun="patches computed",
+    ),
 }
 FUSED_TINT = np.array([0.62, 0.74, 1.0])  # grey × this: a cool blue-grey, distinct from plain grey
 HATCH_PERIOD = 6  # px between diagonal hatch lines on fused patches
@@ -49,13 +80,14 @@ PRUNED_GREY, EARLIER_GREY, FUSED_GREY = 0.75, 0.38, 0.6  # grey levels (image lu
 
 
 def evit_patch_states(
-    kept_ids: Sequence[np.ndarray], num_patches: int, num_prefix: int, fuse: bool = True
+    kept_ids: Sequence[np.ndarray], num_patches: int, num_prefix: int, fuse: bool = True, cumulative: bool = True
 ) -> list[np.ndarray]:
     """Per reduction layer (in order), the state of every patch: [num_patches] int.
 
-    kept_ids: per layer, the original token ids it kept ([k] int; ids < P and -1 are not patches).
-    A patch present in a layer's input and kept is KEPT; present but not kept is FUSED (``fuse``)
-    or PRUNED; absent from the input (dropped by an earlier layer) is EARLIER.
+    kept_ids: per layer, the original token ids it kept ([k] int; ids < P and -1, a fused token
+    or bucket padding, are not patches). A patch present in a layer's input and kept is KEPT;
+    present but not kept is FUSED (``fuse``) or PRUNED; absent from the input (dropped by an
+    earlier layer, only when drops are ``cumulative``) is EARLIER.
     """
     present = np.ones(num_patches, dtype=bool)
     states = []
@@ -70,7 +102,8 @@ def evit_patch_states(
         state[present & kept] = KEPT
         state[present & ~kept] = FUSED if fuse else PRUNED
         states.append(state)
-        present &= kept
+        if cumulative:
+            present &= kept
     return states
 
 
@@ -166,23 +199,41 @@ def paint_merge_groups(
 class ShowResult:
     output: Path
     panels: list[str] = field(default_factory=list)  # titles, original first
+    caveats: list[str] = field(default_factory=list)  # written on the figure too
+    title: str = ""
+    legend: list[str] = field(default_factory=list)  # patch-state labels, as drawn
 
 
-def _load_image(path: Path, timm_name: str) -> np.ndarray:
+def _load_image(path: Path, preprocess: Any) -> np.ndarray:
     from PIL import Image
 
-    from .images import eval_transform
+    from ..data.images import to_rgb
 
     if not path.is_file():
         raise TokcompileError(f"image '{path}' does not exist")
-    transform, _ = eval_transform(timm_name)
     try:
         with Image.open(path) as img:
-            return transform(img.convert("RGB")).numpy()[None]
+            return preprocess(to_rgb(img))[None]
     except Exception as exc:
         raise TokcompileError(
             f"cannot decode image '{path}' ({type(exc).__name__}); pass a JPEG/PNG/... file"
         ) from None
+
+
+def output_path(output: Optional[Path | str], image: Path, bundle: Path) -> Path:
+    """Where the figure goes: ``output``, or ``IMAGE-BUNDLE.png`` inside it when it is a folder
+    (or in the current folder by default). Raises TokcompileError when its folder is missing or
+    not writable, before anything runs."""
+    name = f"{image.stem}-{bundle.name}.png"
+    out = Path(output) if output is not None else Path(name)
+    if out.is_dir():
+        out = out / name
+    folder = out.parent
+    if not folder.is_dir():
+        raise TokcompileError(f"-o '{out}': folder '{folder}' does not exist; create it or choose another -o")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TokcompileError(f"-o '{out}': folder '{folder}' is not writable; choose another -o")
+    return out
 
 
 def denormalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -199,11 +250,15 @@ def _block(name: str) -> int:
 
 
 def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = None, dpi: int = 110) -> ShowResult:
-    """Draw ``image`` (the model's preprocessed crop) and, per reduction layer, what it kept or merged."""
+    """Draw ``image`` (the model's preprocessed crop) and, per reduction layer, what it kept or merged.
+
+    ``output``: a PNG path, or an existing folder to write ``IMAGE-BUNDLE.png`` into.
+    """
+    from ..data.images import preprocessing
     from ..runtime.runner import load
-    from .images import eval_transform
 
     directory, image = Path(bundle), Path(image)
+    out = output_path(output, image, directory)
     runner = load(directory)
     m = runner.manifest
     geometry = m["model"]
@@ -211,31 +266,34 @@ def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = N
         raise TokcompileError(f"bundle '{directory}' records no patch grid in its manifest; rebuild it")
     grid, patch = tuple(geometry["grid"]), tuple(geometry["patch_size"])
     prefix, patches = int(geometry["num_prefix_tokens"]), grid[0] * grid[1]
-    timm_name = geometry["timm_name"]
-    x = _load_image(image, timm_name)
+    preprocess = preprocessing(geometry["timm_name"], geometry["input_shape"])
+    x = _load_image(image, preprocess)
     outputs = runner.run(x)
     names = sorted((n for n in outputs if n.startswith((KEPT_PREFIX, MERGE_PREFIX))), key=_block)
+    method = m["method"]["name"]
     if not names:
         raise TokcompileError(
-            f"bundle '{directory}' (method {m['method']['name']}) has no kept_ids_*/merge_map_* outputs; nothing to show"
+            f"bundle '{directory}' (method {method}) has no kept_ids_*/merge_map_* outputs; nothing to show"
         )
-    _, config = eval_transform(timm_name)
-    picture = denormalise(x[0], config["mean"], config["std"])
-    fuse = bool(m["method"]["params"].get("fuse", True))
+    picture = denormalise(x[0], preprocess.mean, preprocess.std)
+    legend = LEGENDS.get(method, LEGENDS["evit"])
+    fuse = method == "evit" and bool(m["method"]["params"].get("fuse", True))
     panels: list[tuple[str, np.ndarray]] = [(f"input ({picture.shape[1]}×{picture.shape[0]})", picture)]
     kept_names = [n for n in names if n.startswith(KEPT_PREFIX)]
-    states = dict(zip(kept_names, evit_patch_states([outputs[n][0] for n in kept_names], patches, prefix, fuse=fuse)))
+    kept_ids = [outputs[n][0] for n in kept_names]
+    states = dict(zip(kept_names, evit_patch_states(kept_ids, patches, prefix, fuse, legend.cumulative)))
     used: set[int] = set()
     for name in names:
         block = _block(name)
         if name in states:
             state = states[name]
             kept = int((state == KEPT).sum())
-            extra = " + fused token" if (outputs[name][0] == -1).any() else ""
+            # -1 is EViT's fused token only there; in staged bundles it is bucket padding
+            extra = " + fused token" if fuse and (outputs[name][0] == -1).any() else ""
             used.update(np.unique(state).tolist())
             panels.append(
                 (
-                    f"block {block}: {kept}/{patches} patches kept{extra}",
+                    f"block {block}: {kept}/{patches} {legend.noun}{extra}",
                     paint_patch_states(picture, state, grid, patch),
                 )
             )
@@ -249,13 +307,20 @@ def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = N
                     paint_merge_groups(picture, groups, grid, patch),
                 )
             )
-    out = Path(output) if output is not None else Path(f"{image.stem}-{directory.name}.png")
-    _draw(panels, used, f"{geometry['name']} · {m['method']['name']} · {image.name}", out, dpi)
+    title = f"{geometry['name']} · {method} · {image.name}"
+    tags = caveats(m)
+    if tags:
+        title += f"\n{' and '.join(tags)}: these selections say nothing about the trained model"
+    labels = {s: legend.labels[s] for s in sorted(used)}
+    _draw(panels, labels, title, out, dpi)
     logger.info("show: wrote %s (%d panels)", out, len(panels))
-    return ShowResult(out, [title for title, _ in panels])
+    return ShowResult(out, [name for name, _ in panels], tags, title, list(labels.values()))
 
 
-def _draw(panels: list[tuple[str, np.ndarray]], states: set[int], title: str, path: Path, dpi: int) -> None:
+def _draw(panels: list[tuple[str, np.ndarray]], states: dict[int, str], title: str, path: Path, dpi: int) -> None:
+    """The figure, written to a temporary sibling of ``path`` and renamed (no half-written PNG).
+
+    states: patch state → its legend label, for the states the panels use."""
     # Figure + Agg canvas directly: no pyplot, so no global backend or display is touched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -281,7 +346,14 @@ def _draw(panels: list[tuple[str, np.ndarray]], states: set[int], title: str, pa
             PRUNED: dict(facecolor=str(float(_grey(swatch, PRUNED_GREY)[0, 0])), edgecolor="0.2"),
             EARLIER: dict(facecolor=str(float(_grey(swatch, EARLIER_GREY)[0, 0])), edgecolor="0.2"),
         }
-        labels = {**STATE_LABELS, KEPT: "kept (image colours)"}
-        handles = [Patch(label=labels[s], **colours[s]) for s in sorted(states)]
+        handles = [
+            Patch(label=f"{label} (image colours)" if s == KEPT else label, **colours[s]) for s, label in states.items()
+        ]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TokcompileError(f"cannot write '{path}' ({exc.strerror or exc}); choose another -o") from None

@@ -2,19 +2,29 @@
 
 For a method parameter (EViT ``keep_rate``, ToMe ``r``) and a list of values, every value is
 validated through the method's own config before anything is built, then each point is built
-into ``OUT/points/<param>-<value>``, and all points are evaluated against the dense model in one
-pass over the images (``evaluate_bundles``: every point shares the dense twin's weights and
-precision; each batch runs the dense model once and every point once, in rotating order, so
-the throughputs are measured under the same conditions and comparable across points). Results go to
-``OUT/results.csv``, ``OUT/results.md`` and ``OUT/pareto.png`` (x = measured throughput, y =
-top-1 accuracy when the images carry labels, else top-1 agreement with the dense model; also
-agreement when the bundles have random weights, whose accuracy means nothing).
+into ``OUT/points/<param>-<value>``.
+
+Beside the method's points, the sweep builds the **dense model at lower input resolutions**
+(``OUT/baselines/img_size-<px>``; position embeddings resampled from the same weights, as
+``--weights`` does for another grid): the cheapest way to save compute, which a token-reduction
+method has to beat to be worth it. The resolutions are picked at the same GMACs range as the
+method's points (those inside it plus the nearest one on each side, at most ``--resolutions-max``),
+each fed the same photos preprocessed at its own size.
+
+All of them are evaluated against the full-resolution dense model in one pass over the images
+(``evaluate_bundles``: each batch runs the dense model once and every bundle once, in rotating
+order, so the throughputs are measured under the same conditions and comparable). Results go to
+``OUT/results.csv``, ``OUT/results.md`` and ``OUT/pareto.png`` (y = top-1 accuracy when the
+images carry labels and the weights are not random, else the cosine of the final features to the
+dense model, else top-1 agreement; x = GMACs in one panel, measured throughput in the other).
+An existing ``results.csv`` is only replaced with ``--force``.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -30,6 +40,14 @@ logger = logging.getLogger(__name__)
 
 MAX_POINTS = 100  # a range that expands past this is a typo (0.5:0.9:0.001), not a sweep
 CSV_FILE, MD_FILE, PLOT_FILE = "results.csv", "results.md", "pareto.png"
+POINTS_DIR, BASELINES_DIR = "points", "baselines"
+BASELINE_WEIGHTS = "dense-weights.safetensors"  # the full-size weights the baselines resample
+METHOD_SERIES, RESOLUTION_SERIES = "method", "lower resolution"
+METRICS = {
+    "top1": "top-1 accuracy",
+    "cosine_mean": "features cosine to dense",
+    "agreement": "top-1 agreement with dense",
+}
 
 
 def parse_values(text: str, flag: str, kind: str) -> list[Any]:
@@ -123,12 +141,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 @dataclass
 class SweepPoint:
-    value: Any  # as passed to build
+    value: Any  # as passed to build (a baseline: its input size in px)
     bundle: Path
     tokens: list[int]
     gmacs: float
     ideal_speedup: float
     result: EvalResult
+    series: str = METHOD_SERIES  # or RESOLUTION_SERIES: the dense model at a lower input size
 
 
 @dataclass
@@ -142,19 +161,23 @@ class SweepResult:
     dense_images_per_s: float  # measured in the same pass as every point
     dense_gmacs: float
     dense_tokens: int
-    metric: str  # "top1" or "agreement": the plot's y
+    metric: str  # the plot's y: "top1", "cosine_mean" or "agreement"
     front: list[int]  # indices into rows(): Pareto front, dense included as row 0
     files: list[Path] = field(default_factory=list)
+    baselines: list[SweepPoint] = field(default_factory=list)  # the dense model at lower resolutions
+    dense_size: Optional[tuple[int, int]] = None
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per row of results.csv: the dense reference first, then the points."""
+        """One dict per row of results.csv: the dense reference first, the points, the baselines."""
         first = self.points[0].result
         rows = [
             {
                 "point": "dense",
+                "series": "dense",
                 "method": "none",
                 "param": self.param,
                 "value": "",
+                "img_size": _size(self.dense_size),
                 "bundle": "",
                 "tokens": str(self.dense_tokens),
                 "gmacs": self.dense_gmacs,
@@ -163,22 +186,26 @@ class SweepResult:
                 "skipped": first.skipped,
                 "labelled": first.labelled,
                 "top1": self.dense_top1,
-                "agreement": 1.0,
+                "agreement": 1.0 if first.agreement is not None else None,
                 "cosine_mean": 1.0,
+                "cosine_p5": 1.0,
                 "cosine_min": 1.0,
                 "images_per_s": self.dense_images_per_s,
                 "dense_images_per_s": self.dense_images_per_s,
                 "speedup": 1.0,
             }
         ]
-        for i, p in enumerate(self.points):
+        for i, p in enumerate([*self.points, *self.baselines]):
             r = p.result
+            baseline = p.series == RESOLUTION_SERIES
             rows.append(
                 {
-                    "point": str(i + 1),
-                    "method": self.method,
-                    "param": self.param,
+                    "point": f"img_size-{p.value}" if baseline else str(i + 1),
+                    "series": p.series if baseline else self.method,
+                    "method": "none" if baseline else self.method,
+                    "param": "img_size" if baseline else self.param,
                     "value": p.value,
+                    "img_size": _size(r.input_size),
                     "bundle": str(p.bundle),
                     "tokens": "→".join(map(str, p.tokens)),
                     "gmacs": p.gmacs,
@@ -189,6 +216,7 @@ class SweepResult:
                     "top1": r.top1,
                     "agreement": r.agreement,
                     "cosine_mean": r.cosine_mean,
+                    "cosine_p5": r.cosine_p5,
                     "cosine_min": r.cosine_min,
                     "images_per_s": r.images_per_s,
                     "dense_images_per_s": r.dense_images_per_s,
@@ -203,8 +231,20 @@ class SweepResult:
         value = row[self.metric]
         return float("nan") if value is None else float(value)
 
+    def label(self, row: dict[str, Any]) -> str:
+        """A row's short name: dense, the parameter value, or the baseline's size in px."""
+        if row["series"] == "dense":
+            return "dense"
+        return f"{row['value']} px" if row["series"] == RESOLUTION_SERIES else str(row["value"])
 
-def _spec_for_validation(model: str) -> Any:
+
+def _size(size: Optional[Sequence[int]]) -> str:
+    if not size:
+        return ""
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+def _spec_for_validation(model: str, model_kwargs: Optional[dict[str, Any]] = None) -> Any:
     """The model's ModelSpec without weights: the module is built on the meta device (no memory, ~0.2 s)."""
     import timm
     import torch
@@ -212,13 +252,26 @@ def _spec_for_validation(model: str) -> Any:
     from ..models import resolve_model_name, spec_of
 
     timm_name = resolve_model_name(model)
-    with torch.device("meta"):
-        module = timm.create_model(timm_name, pretrained=False)
+    try:
+        with torch.device("meta"):
+            module = timm.create_model(timm_name, pretrained=False, **(model_kwargs or {}))
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise TokcompileError(
+            f"timm model '{timm_name}' does not accept model arguments {model_kwargs} ({exc}); "
+            "check --model-arg/--img-size"
+        ) from None
     return spec_of(module, timm_name)
 
 
-def validate(model: str, method: str, param: str, values: Sequence[Any], precision: Optional[str]) -> None:
-    """Every point's config through the method's own checks, before any build starts."""
+def validate(
+    model: str,
+    method: str,
+    param: str,
+    values: Sequence[Any],
+    precision: Optional[str],
+    model_kwargs: Optional[dict[str, Any]] = None,
+) -> Any:
+    """Every point's config through the method's own checks, before any build starts; returns the spec."""
     from ..methods import get_method, resolve_config
     from ..passes.cast_precision import precision_dtype
 
@@ -227,14 +280,110 @@ def validate(model: str, method: str, param: str, values: Sequence[Any], precisi
         raise TokcompileError(f"method '{method}' reduces no tokens; sweep a token-reduction method (evit, ...)")
     if precision is not None:
         precision_dtype(precision)
-    spec = _spec_for_validation(model)
+    spec = _spec_for_validation(model, model_kwargs)
     for value in values:
         resolve_config(m, spec, {param: value})
+    return spec
 
 
 def point_name(param: str, value: Any) -> str:
     safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in str(value))
     return f"{param}-{safe}"
+
+
+def dense_gmacs_at(timm_name: str, model_kwargs: dict[str, Any], size: tuple[int, int]) -> float:
+    """GMACs of the dense model at input ``size``, counted on the meta device (shapes only, no weights)."""
+    import timm
+    import torch
+
+    from ..models.flops import flop_counter
+
+    with torch.device("meta"):
+        module = timm.create_model(timm_name, pretrained=False, **{**model_kwargs, "img_size": size}).eval()
+    with torch.no_grad(), flop_counter() as counter:
+        module(torch.zeros(1, 3, *size, device="meta"))
+    return counter.get_total_flops() / 2e9
+
+
+def baseline_sizes(
+    spec: Any, model_kwargs: dict[str, Any], point_gmacs: Sequence[float], count: int
+) -> list[tuple[int, int]]:
+    """Lower input sizes of the dense model whose GMACs span the method points' range.
+
+    Candidates keep the aspect ratio at whole patches, from 2 patch rows up to one row below the
+    model's grid. Those whose GMACs lie in [min, max] of ``point_gmacs`` are taken with the
+    nearest candidate below and above the range, thinned evenly (ends kept) to ``count``.
+    """
+    rows, cols = spec.grid
+    (ph, pw), candidates = spec.patch_size, []
+    for r in range(2, rows):
+        size = (r * ph, max(1, round(r * cols / rows)) * pw)
+        candidates.append((dense_gmacs_at(spec.name, model_kwargs, size), size))
+    lo, hi = min(point_gmacs), max(point_gmacs)
+    inside = [c for c in candidates if lo <= c[0] <= hi]
+    below = [c for c in candidates if c[0] < lo][-1:]
+    above = [c for c in candidates if c[0] > hi][:1]
+    chosen = below + inside + above
+    if count < 1 or not chosen:
+        return []
+    if len(chosen) > count:
+        picks = sorted(set(np.linspace(0, len(chosen) - 1, count).round().astype(int).tolist()))
+        chosen = [chosen[i] for i in picks]
+    return [size for _, size in chosen]
+
+
+def parse_resolutions(text: Optional[str], spec: Any) -> Optional[list[tuple[int, int]]]:
+    """--resolutions: None/'auto' → None (pick by GMACs); 'none' → []; '160,192' → square sizes.
+
+    Each size must be a multiple of the patch size and smaller than the model's input."""
+    if text is None or text.strip() == "auto":
+        return None
+    if text.strip() == "none":
+        return []
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise TokcompileError(
+            f"--resolutions must be auto, none or comma-separated sizes in px, got '{text}'"
+        ) from None
+    ph, pw = spec.patch_size
+    for v in values:
+        if v < 1 or v % ph or v % pw or v >= min(spec.img_size):
+            raise TokcompileError(
+                f"--resolutions sizes must be multiples of the {ph}×{pw} patch below the model's "
+                f"{spec.img_size[0]}×{spec.img_size[1]} input, got {v}"
+            )
+    return [(v, v) for v in dict.fromkeys(values)]
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse, before anything is built: a file at OUT, or an earlier sweep's results without --force."""
+    if out.exists() and not out.is_dir():
+        raise TokcompileError(f"-o '{out}' exists and is not a directory; choose another -o")
+    if (out / CSV_FILE).exists() and not force:
+        raise TokcompileError(
+            f"-o '{out}' holds the results of an earlier sweep ({CSV_FILE}); choose another -o or pass --force "
+            "to replace them"
+        )
+
+
+def _baseline_weights(model: str, weights: Optional[str], model_kwargs: dict[str, Any], out: Path) -> str:
+    """A checkpoint path for the baselines: --weights PATH itself, else the full-size model's
+    weights (pretrained or random) saved once under OUT so every size resamples the same tensors."""
+    from ..models import create_model
+
+    if weights not in (None, "auto", "pretrained", "random"):
+        return str(weights)
+    from safetensors.torch import save_file
+
+    module, _, record = create_model(model, weights=weights, **model_kwargs)
+    record.pop("notice", None)  # the points' builds said it already
+    path = out / BASELINES_DIR / BASELINE_WEIGHTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return str(path)
 
 
 def sweep(
@@ -251,25 +400,40 @@ def sweep(
     force: bool = False,
     progress: Optional[bool] = None,
     threads: Optional[int] = None,
+    model_kwargs: Optional[dict[str, Any]] = None,
+    resolutions: Optional[str] = None,
+    max_resolutions: Optional[int] = None,
 ) -> SweepResult:
-    """Build and evaluate one bundle per value of ``param``; write CSV, Markdown and the Pareto plot."""
+    """Build and evaluate one bundle per value of ``param`` and the dense model at lower input
+    resolutions; write CSV, Markdown and the Pareto plot.
+
+    ``model_kwargs`` go to ``timm.create_model`` for every bundle (``{"img_size": 224}``);
+    ``resolutions``: "auto" (default: at most ``max_resolutions`` sizes at the points' GMACs),
+    "none", or comma-separated sizes in px.
+    """
     from .. import _defaults
     from ..api import build
-    from .images import list_images
+    from ..data.images import list_images
 
     method = method or _defaults.METHOD
+    model_kwargs = dict(model_kwargs or {})
+    max_resolutions = _defaults.SWEEP_RESOLUTIONS if max_resolutions is None else max_resolutions
     if not values:
         raise TokcompileError(f"sweep needs at least one value of {param}")
-    if batch is not None and batch < 1:
-        raise TokcompileError(f"--batch must be a positive integer, got {batch}")
+    if batch is not None and not 1 <= batch <= _defaults.MAX_BATCH:
+        raise TokcompileError(f"--batch must be a positive integer ≤ {_defaults.MAX_BATCH}, got {batch}")
     if limit is not None and limit < 1:
         raise TokcompileError(f"--limit must be a positive integer, got {limit}")
-    validate(model, method, param, values, precision)
+    if max_resolutions < 0:
+        raise TokcompileError(f"--resolutions-max must be ≥ 0, got {max_resolutions}")
+    spec = validate(model, method, param, values, precision, model_kwargs)
+    sizes = parse_resolutions(resolutions, spec)
+    out = Path(output) if output is not None else Path(f"sweep-{model}-{method}")
+    check_output(out, force)
     if images is not None:
         list_images(images)  # a missing or empty folder fails now, not after the first build
     else:
         logger.warning("%s", RANDOM_WARNING)
-    out = Path(output) if output is not None else Path(f"sweep-{model}-{method}")
     out.mkdir(parents=True, exist_ok=True)
     built = []
     with bars_and_logs(progress), progress_bar(len(values), f"build {param}", progress, unit="point") as bar:
@@ -281,13 +445,34 @@ def sweep(
                     method=method,
                     precision=precision,
                     weights=weights,
-                    output=out / "points" / point_name(param, value),
+                    output=out / POINTS_DIR / point_name(param, value),
                     force=force,
+                    model_kwargs=model_kwargs,
                     **{param: value},
                 )
             )
             bar.update(1)
-    logger.info("sweep: evaluating %d points against one dense run per batch", len(built))
+    if sizes is None:
+        sizes = baseline_sizes(spec, model_kwargs, [b.manifest["gmacs"]["reduced"] for b in built], max_resolutions)
+    baselines = []
+    if sizes:
+        logger.info("sweep: dense model at %s px as the lower-resolution baseline", ", ".join(_size(s) for s in sizes))
+        path = _baseline_weights(model, weights, model_kwargs, out)
+        with bars_and_logs(progress), progress_bar(len(sizes), "build img_size", progress, unit="point") as bar:
+            for size in sizes:
+                baselines.append(
+                    build(
+                        model,
+                        method="none",
+                        precision=precision,
+                        weights=path,
+                        output=out / BASELINES_DIR / f"img_size-{_size(size)}",
+                        force=force,
+                        model_kwargs={**model_kwargs, "img_size": size if size[0] != size[1] else size[0]},
+                    )
+                )
+                bar.update(1)
+    logger.info("sweep: evaluating %d bundles against one dense run per batch", len(built) + len(baselines))
     results = evaluate_bundles(
         [b.bundle for b in built],
         images=images,
@@ -296,7 +481,9 @@ def sweep(
         progress=progress,
         threads=threads,
         warn_random=False,
+        baselines=[b.bundle for b in baselines],
     )
+    dense_gmacs, dense_tokens = built[0].manifest["gmacs"]["dense"], built[0].manifest["tokens"]["sequence"][0]
     points = [
         SweepPoint(
             value,
@@ -308,24 +495,44 @@ def sweep(
         )
         for value, b, result in zip(values, built, results)
     ]
-    dense_gmacs, dense_tokens = built[0].manifest["gmacs"]["dense"], built[0].manifest["tokens"]["sequence"][0]
+    lowres = [
+        SweepPoint(
+            _size(size),
+            b.bundle,
+            [b.manifest["tokens"]["sequence"][0]],
+            b.manifest["gmacs"]["dense"],
+            dense_gmacs / b.manifest["gmacs"]["dense"],
+            result,
+            RESOLUTION_SERIES,
+        )
+        for size, b, result in zip(sizes, baselines, results[len(built) :])
+    ]
+    first = points[0].result
     labelled = all(p.result.top1 is not None for p in points)
-    dense_top1 = points[0].result.dense_top1 if labelled else None
     random_weights = any(p.result.weights == "random" for p in points)
+    metric = (
+        "top1"
+        if labelled and not random_weights
+        else "cosine_mean"
+        if all(p.result.cosine_mean is not None for p in points)
+        else "agreement"
+    )
     if labelled and random_weights:
-        logger.warning("sweep: the bundles have RANDOM weights; plotting agreement with dense, not accuracy")
+        logger.warning("sweep: the bundles have RANDOM weights; plotting %s, not accuracy", METRICS[metric])
     sweep_result = SweepResult(
         directory=out,
         model=model,
         method=method,
         param=param,
         points=points,
-        dense_top1=dense_top1,
-        dense_images_per_s=points[0].result.dense_images_per_s,
+        dense_top1=first.dense_top1 if labelled else None,
+        dense_images_per_s=first.dense_images_per_s,
         dense_gmacs=dense_gmacs,
         dense_tokens=dense_tokens,
-        metric="top1" if labelled and not random_weights else "agreement",
+        metric=metric,
         front=[],
+        baselines=lowres,
+        dense_size=tuple(spec.img_size),
     )
     rows = sweep_result.rows()
     sweep_result.front = pareto_front([(r["images_per_s"], sweep_result.y(r)) for r in rows])
@@ -339,9 +546,11 @@ def sweep(
 
 CSV_COLUMNS = (
     "point",
+    "series",
     "method",
     "param",
     "value",
+    "img_size",
     "bundle",
     "tokens",
     "gmacs",
@@ -352,6 +561,7 @@ CSV_COLUMNS = (
     "top1",
     "agreement",
     "cosine_mean",
+    "cosine_p5",
     "cosine_min",
     "images_per_s",
     "dense_images_per_s",
@@ -368,17 +578,40 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def write_csv(result: SweepResult, path: Path) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in result.rows():
-            writer.writerow({k: _csv_value(row[k]) for k in CSV_COLUMNS})
+def _replace(path: Path, write: Any) -> Path:
+    """``write(tmp)`` into a temporary sibling, then rename it to ``path``: never a half-written result."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_csv(result: SweepResult, path: Path) -> Path:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for row in result.rows():
+                writer.writerow({k: _csv_value(row[k]) for k in CSV_COLUMNS})
+
+    return _replace(path, write)
 
 
 def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.2%}"
+
+
+def _cosines(row: dict[str, Any]) -> str:
+    if row["cosine_mean"] is None:
+        return "–"
+    return f"{row['cosine_mean']:.4f} / {row['cosine_p5']:.4f} / {row['cosine_min']:.4f}"
+
+
+def _caveat_lines(result: SweepResult) -> list[str]:
+    return sorted({n for p in [*result.points, *result.baselines] for n in p.result.notes if "RANDOM" in n})
 
 
 def write_markdown(result: SweepResult, path: Path, images: Optional[Path | str]) -> Path:
@@ -389,86 +622,83 @@ def write_markdown(result: SweepResult, path: Path, images: Optional[Path | str]
         if images is not None
         else f"{first.images} RANDOM inputs: agreement and cosine on noise are unrepresentative; no accuracy"
     )
-    y = "top-1 accuracy" if result.metric == "top1" else "top-1 agreement with dense"
     lines = [
-        f"# Sweep: {result.model}, {result.method}, {result.param}",
+        f"# Sweep: {result.model}, {result.method} ({result.param}) vs the dense model at lower resolutions",
         "",
-        f"- inputs: {source}",
-        f"- batch {first.batch}, {first.precision} on ONNX Runtime; every point and the dense model timed on "
+        f"- inputs: {source}, each preprocessed at its bundle's input size",
+        f"- batch {first.batch}, {first.precision} on ONNX Runtime; every bundle and the dense model timed on "
         "the same batches in one pass (rotating order)",
-        f"- Pareto front (★): throughput vs {y}, dense model included",
+        f"- Pareto front (★): throughput vs {METRICS[result.metric]}, every row included",
+        "- a method is worth it where it beats the lower-resolution rows at equal GMACs",
         "",
-        f"| {result.param} | tokens | GMACs | top-1 | agreement | cosine (mean/min) | img/s | speed-up | Pareto |",
-        "|---|---|---:|---:|---:|---:|---:|---:|:-:|",
+        "| series | value | input | tokens | GMACs | top-1 | agreement | cosine (mean / p5 / min) | img/s | speed-up "
+        "| Pareto |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for row in result.rows():
-        cosine = "–" if row["cosine_mean"] is None else f"{row['cosine_mean']:.4f} / {row['cosine_min']:.4f}"
-        name = "dense" if row["point"] == "dense" else str(row["value"])
         lines.append(
-            f"| {name} | {row['tokens']} | {row['gmacs']:.3f} | {_pct(row['top1'])} | {_pct(row['agreement'])} | "
-            f"{cosine} | {row['images_per_s']:.1f} | {row['speedup']:.2f}x | {'★' if row['pareto'] else ''} |"
+            f"| {row['series']} | {result.label(row)} | {row['img_size']} | {row['tokens']} | {row['gmacs']:.3f} | "
+            f"{_pct(row['top1'])} | {_pct(row['agreement'])} | {_cosines(row)} | {row['images_per_s']:.1f} | "
+            f"{row['speedup']:.2f}x | {'★' if row['pareto'] else ''} |"
         )
-    notes = sorted({n for p in result.points for n in p.result.notes if "RANDOM weights" in n})
+    notes = _caveat_lines(result)
     if notes:
         lines += ["", *notes]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("\n".join(lines) + "\n")
+
+    return _replace(path, write)
 
 
 def plot_pareto(result: SweepResult, path: Path) -> Path:
-    """Throughput (x) vs accuracy or agreement (y): points, the Pareto front joined, dense as a star."""
+    """Two panels, y = the sweep's metric: against GMACs (equal compute: does the method beat a
+    smaller image?) and against measured throughput (with the Pareto front). Method points in
+    blue, the lower-resolution dense series in orange, the dense reference as a star."""
     # Figure + Agg canvas directly: no pyplot, so no global backend or display is touched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = result.rows()
-    xs = np.array([r["images_per_s"] for r in rows])
-    ys = np.array([result.y(r) for r in rows]) * 100
-    fig = Figure(figsize=(7.5, 5.0), dpi=120)
+    ys = np.array([result.y(r) for r in rows]) * (100 if result.metric != "cosine_mean" else 1)
+    series = np.array([r["series"] for r in rows])
+    fig = Figure(figsize=(12.0, 5.2), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    front = result.front
-    ax.plot(xs[front], ys[front], "-", color="tab:red", lw=1.5, zorder=1, label="Pareto front")
-    points = np.arange(1, len(rows))
-    on_front = np.array([i in front for i in points], dtype=bool)
-    ax.scatter(xs[points][~on_front], ys[points][~on_front], s=40, color="tab:blue", zorder=2, label=result.method)
-    ax.scatter(
-        xs[points][on_front],
-        ys[points][on_front],
-        s=60,
-        color="tab:blue",
-        edgecolors="tab:red",
-        linewidths=2,
-        zorder=3,
-        label=f"{result.method} (on the front)",
-    )
-    ax.scatter(
-        xs[:1],
-        ys[:1],
-        s=220,
-        marker="*",
-        color="black",
-        edgecolors="tab:red" if 0 in front else "black",
-        linewidths=1.5,
-        zorder=4,
-        label="dense (reference)",
-    )
-    for i, row in enumerate(rows):
-        label = "dense" if i == 0 else f"{result.param}={row['value']}"
-        ax.annotate(label, (xs[i], ys[i]), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    metric = "top-1 accuracy (%)" if result.metric == "top1" else "top-1 agreement with dense (%)"
     first = result.points[0].result
-    ax.set_xlabel(f"measured throughput (img/s, batch {first.batch}, ONNX Runtime {first.precision})")
-    ax.set_ylabel(metric)
-    title = f"{result.model} · {result.method} · {result.param} sweep ({first.images} images)"
+    styles: tuple[tuple[str, dict[str, Any], str], ...] = (
+        (result.method, dict(marker="o", color="tab:blue"), f"{result.method} ({result.param})"),
+        (RESOLUTION_SERIES, dict(marker="s", color="tab:orange"), "dense at lower resolution"),
+    )
+    for index, (key, xlabel) in enumerate(
+        (
+            ("gmacs", "GMACs per image"),
+            ("images_per_s", f"measured throughput (img/s, batch {first.batch}, ONNX Runtime {first.precision})"),
+        )
+    ):
+        ax = fig.add_subplot(1, 2, index + 1)
+        xs = np.array([r[key] for r in rows], dtype=float)
+        if key == "images_per_s":
+            front = result.front
+            ax.plot(xs[front], ys[front], "-", color="tab:red", lw=1.2, zorder=1, label="Pareto front")
+        for name, style, label in styles:
+            members = np.flatnonzero(series == name)
+            if members.size:
+                order = members[np.argsort(xs[members])]
+                ax.plot(xs[order], ys[order], "-", lw=1.0, alpha=0.6, color=style["color"], zorder=2)
+                ax.scatter(xs[order], ys[order], s=45, zorder=3, label=label, **style)
+        ax.scatter(xs[:1], ys[:1], s=220, marker="*", color="black", zorder=4, label="dense (reference)")
+        for i, row in enumerate(rows):
+            ax.annotate(result.label(row), (xs[i], ys[i]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(METRICS[result.metric] + (" (%)" if result.metric != "cosine_mean" else ""))
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.12, y=0.12)
+        ax.legend(loc="best", fontsize=8)
+    title = f"{result.model} · {result.method} ({result.param}) vs dense at lower resolution · {first.images} images"
     if first.random_inputs:
         title += "\nrandom inputs: unrepresentative of real images"
     if first.weights == "random":
-        title += "\nRANDOM weights: accuracy means nothing" + ("; agreement shown" if first.labelled else "")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.margins(x=0.12, y=0.12)
-    ax.legend(loc="best", fontsize=8)
+        title += f"\nRANDOM weights: accuracy means nothing; {METRICS[result.metric]} shown"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _replace(path, lambda tmp: fig.savefig(tmp, format="png"))
