@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,18 @@ def test_build_inspect_compare_bench(capsys, checkpoint, tmp_path):
     assert stdout.strip().splitlines()[-1].startswith("PASSED")
     code, stdout, _ = run(capsys, "compare", str(out), "--batch", "2", "--samples", "1", "--atol", "1e-12")
     assert code == 1 and stdout.strip().splitlines()[-1].startswith("FAILED")
+    code, stdout, _ = run(capsys, "inspect", str(out))
+    assert "measured:  not yet" in stdout
     code, stdout, _ = run(capsys, "bench", str(out), "--batch", "1,2", "--iters", "2", "--warmup", "0")
     assert code == 0 and "batch 2: reduced/dense throughput ratio" in stdout
+    measured = json.loads((out / "bench.json").read_text())  # the figures travel with the bundle
+    printed = float(stdout.split("batch 2: reduced/dense throughput ratio ")[1].split("x")[0])
+    assert measured["speedup_vs_dense"]["2"] == pytest.approx(printed, abs=1e-3)
+    code, stdout, _ = run(capsys, "inspect", str(out))
+    assert code == 0 and f"measured:  reduced/dense {measured['speedup_vs_dense']['1']:.3f}x at batch 1" in stdout
+    # a recorded bundle still verifies, and a rebuild may replace it (bench.json is tokcompile's)
+    code, _, _ = run(capsys, "build", "test_vit", "--weights", str(checkpoint("test_vit")), "-o", str(out), "-q")
+    assert code == 0 and not (out / "bench.json").exists()
 
 
 def test_list(capsys):

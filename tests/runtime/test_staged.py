@@ -153,7 +153,7 @@ def test_compare_and_bench_on_staged_bundle(ats_bundle):
     "kwargs, pattern",
     [
         ({"buckets": "80,40"}, "strictly increasing"),
-        ({"buckets": "40,300"}, "larger than the stage's 101 tokens"),
+        ({"buckets": "40,300"}, "larger than the model's 101 tokens"),
         ({"buckets": "a,b"}, "--buckets must be 'auto' or comma-separated integers"),
         ({"profile": "tpu9"}, "unknown profile 'tpu9'"),
         ({"max_tokens": "1"}, "--max-tokens must be ≥ 2"),

@@ -4,6 +4,9 @@
 depend on the content); random inputs otherwise. Random weights and random decision heads are
 tagged on every ratio.
 
+The figures are stored in the bundle as bench.json (not hashed: nothing in it runs), which
+'tokcompile inspect' shows; --no-record leaves the bundle as it is.
+
 Example:
   tokcompile bench deit_s-evit-fp16 --batch 1,16
   tokcompile bench deit_s-ats-fp32 --images ../shared/imagenet-sample --batch 16
@@ -28,11 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=non_negative_int, default=None, help="untimed runs first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--images", default=None, help="folder of images to feed (default: random inputs)")
+    p.add_argument(
+        "--no-record", action="store_true", help="do not store the figures in the bundle (default: BUNDLE/bench.json)"
+    )
     add_weights_argument(p)
 
 
 def run(args: argparse.Namespace) -> bool:
-    from ..runtime.bench import bench, check_batches, ratio
+    from ..runtime.bench import bench, check_batches, ratio, record
 
     batches = int_list(args.batch, "--batch") if args.batch else None
     if batches is not None:
@@ -60,4 +66,6 @@ def run(args: argparse.Namespace) -> bool:
         hits = ", ".join(f"{b}×{c}" for b, c in d["bucket_hits"].items())
         line = f"stage {d['stage']}: tokens {hist} | buckets {hits} | padding overhead {d['padding_overhead']:.1%}"
         print(tagged(line, report.caveats))
+    if not args.no_record:
+        print(f"recorded in {record(args.bundle, report, args.images)}")
     return True

@@ -14,6 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> bool:
+    import json
+    from pathlib import Path
+
+    from ..runtime.bench import BENCH_FILE
     from ..runtime.bundle import read_manifest
     from ..runtime.report import format_size, token_table
 
@@ -26,6 +30,17 @@ def run(args: argparse.Namespace) -> bool:
     print(f"tokens:    {' → '.join(map(str, m['tokens']['sequence']))}")
     print(f"GMACs:     {g['reduced']:.3f} reduced, {g['dense']:.3f} dense, ideal speed-up {g['ideal_speedup']:.3f}x")
     print("\n".join(token_table(m)))
+    bench = Path(args.bundle) / BENCH_FILE
+    if bench.is_file():
+        try:
+            measured = json.loads(bench.read_text())
+            ratios = ", ".join(f"{v:.3f}x at batch {b}" for b, v in measured["speedup_vs_dense"].items())
+            caveats = f" [{', '.join(measured['caveats'])}]" if measured.get("caveats") else ""
+            print(f"measured:  reduced/dense {ratios} ({measured['measured']}, {measured['inputs']} inputs){caveats}")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            print(f"measured:  {BENCH_FILE} is unreadable; run 'tokcompile bench' again")
+    else:
+        print("measured:  not yet ('tokcompile bench' measures and records it)")
     print("files (sha256 verified):")
     for name, entry in m["files"].items():
         print(f"  {name:24} {format_size(entry['bytes']):>10}  {entry['sha256'][:16]}")

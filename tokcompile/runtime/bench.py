@@ -164,3 +164,30 @@ def bench(
 def ratio(rows: list[BenchRow], batch: int, baseline: str = "dense") -> float:
     by = {r.name: r for r in rows if r.batch == batch}
     return by["reduced"].images_per_s / by[baseline].images_per_s
+
+
+BENCH_FILE = "bench.json"  # bundle.SIDE_FILES: written after the build, not hashed (nothing in it runs)
+
+
+def record(bundle: Path | str, report: BenchReport, images: Optional[Path | str] = None) -> Path:
+    """Store the measured figures in the bundle (``bench.json``, replacing an earlier record), so
+    the speed-up a bundle was measured at travels with it (``tokcompile inspect`` shows it)."""
+    import json
+    import os
+    import platform
+    from datetime import datetime, timezone
+
+    from ..outputs import write_file
+
+    bundle = Path(bundle)
+    batches = list(dict.fromkeys(r.batch for r in report.rows))
+    data = {
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()},
+        "inputs": str(images) if images is not None else "random",
+        "caveats": report.caveats,
+        "rows": [r.__dict__ for r in report.rows],
+        "speedup_vs_dense": {str(b): round(ratio(report.rows, b), 4) for b in batches},
+        "dispatch": report.dispatch,
+    }
+    return write_file(bundle / BENCH_FILE, json.dumps(data, indent=2, default=str) + "\n", force=True)

@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 FORMAT = "tokcompile-bundle"
 FORMAT_VERSION = 1
 # Files tokcompile may add to a finished bundle (not hashed: nothing in them runs).
-SIDE_FILES = ("bench.json",)
+SIDE_FILES = ("bench.json",)  # runtime.bench.BENCH_FILE
 PRECISIONS = ("fp32", "fp16", "bf16")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
