@@ -220,6 +220,23 @@ def test_options_tensorrt_for_rtx_refuses(tmp_path, capsys) -> None:
         assert not out.exists()
 
 
+def test_plugins_auto_exports_no_plugin_node_for_any_registered_op() -> None:
+    """TensorRT for RTX runs no plugins: whatever the registry says of an op (plugin, native), its
+    node carries no plugin attributes under ``--plugins auto``; ``off`` stays off."""
+    from tokcompile.ops import TOKEN_OPS
+    from tokcompile.ops._lowering import plugin_attributes, plugin_lowering
+
+    backend = get_backend("tensorrt-rtx")
+    ops = list(TOKEN_OPS.values())
+    assert any(op.plugin for op in ops)  # there is something a plugin could have been used for
+    for mode in ("auto", "off"):
+        with plugin_lowering(backend.lowering(mode, ops)):
+            assert all(not plugin_attributes(op.plugin, op.native) for op in ops)
+    with plugin_lowering(get_backend("tensorrt").lowering("auto", ops)):  # full TensorRT keeps the choice
+        chosen = {op.onnx_name for op in ops if plugin_attributes(op.plugin, op.native)}
+    assert chosen == {op.onnx_name for op in ops if op.plugin and not op.native}
+
+
 def test_default_targets_are_every_supported_sm_from_ampere_on() -> None:
     backend = get_backend("tensorrt-rtx")
     options = backend.check_options(BuildOptions())
