@@ -12,8 +12,9 @@ A backend turns a bundle's exported stage files into what it runs, and runs them
 - ``unavailable(manifest)``: None when ``load`` can run the bundle here, else the reason;
 - ``load(directory, manifest, threads)``: one callable per stage for ``runtime/staged.StagedRunner``.
 
-Nothing above ``backends`` branches on a backend's name: it looks the backend up in the
-registry (``backends/__init__.py``) and calls these.
+The build (api.py), the runner, compare and export-triton look a backend up in the registry
+(``backends/__init__.py``) and call these; they do not branch on its name. report.md's engine
+command lines follow the TensorRT flavour the manifest records (trtexec vs tensorrt_rtx).
 """
 
 from __future__ import annotations
