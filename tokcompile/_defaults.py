@@ -96,3 +96,16 @@ TRT_MAX_BATCH = 64
 TRT_FALLBACK_MIN_TOKENS = 1
 TRT_CACHE_DIR = "~/.cache/tokcompile"  # timing-<gpu>-<sm>-trt<version>.cache
 PLUGIN_LIB_ENV = "TOKCOMPILE_PLUGIN_LIB"  # default --plugin-lib; else build/PLUGIN_LIBRARY in the repo
+# TF32 (--tf32/--no-tf32) for TensorRT engines and the planned engine commands of report.md: off.
+# fp32 bundles are the numerically faithful build: TF32 rounds matmul inputs to 10-bit mantissas
+# (about 1e-3 relative), which is enough to flip near-tied token selections (scoring runs in fp32
+# even in fp16 builds, DESIGN.md §3) and to miss compare's fp32 tolerance. Faster builds use
+# --precision fp16, or --tf32 where TF32's error is acceptable. trtexec and TensorRT for RTX enable
+# TF32 unless told otherwise; Polygraphy leaves it off.
+TRT_TF32 = False
+# --backend tensorrt-rtx --target-sm default: every SM the installed TensorRT for RTX supports from
+# Ampere (8.0) on. Turing (7.5) is left out: TensorRT for RTX 1.7 has no FP32 GEMM there (an fp32
+# build for SM75 fails: "Cannot compile operation ... for Turing (SM75): FP32 GEMM is not
+# supported"), and NVIDIA notes that a multi-target engine including Turing may run slower on
+# Ampere and later. --target-sm 75 asks for it.
+RTX_MIN_DEFAULT_SM = 80

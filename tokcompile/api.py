@@ -7,7 +7,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +19,6 @@ from .errors import TokcompileError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt", "auto")
 MODEL_FILE = "model.onnx"
 TWIN_FILE = "model.fp32.onnx"
 REPORT_FILE = "report.md"
@@ -149,6 +148,8 @@ def build(
     plugin_lib: Optional[str | Path] = None,
     timing_cache: Optional[str | Path] = None,
     max_batch: Optional[int] = None,
+    target_sm: Optional[str | Sequence[int]] = None,
+    tf32: Optional[bool] = None,
     **params: Any,
 ) -> BuildResult:
     """Build a bundle. ``params`` are the method's (e.g. keep_rate=0.7, layers=(3, 6, 9), fuse=True);
@@ -159,19 +160,23 @@ def build(
     ``plugins`` (on|off|auto, default auto) picks the token-op nodes that TensorRT runs as
     plugins instead of native layers (ops/_lowering.py); it is recorded as ``manifest["lowering"]``.
     ``backend``: onnxruntime (default), tensorrt (one engine per stage file, next to the ONNX
-    files; ``plugin_lib``, ``timing_cache``, ``max_batch`` apply) or auto (TensorRT when it
-    imports and a GPU is visible, else ONNX Runtime).
+    files, built on this machine's GPU; ``plugin_lib``, ``timing_cache``, ``max_batch`` apply),
+    tensorrt-rtx (TensorRT for RTX engines built ahead of time on any machine for ``target_sm``,
+    e.g. "80,86", default every SM it supports from 80 on; ``max_batch`` applies) or auto (TensorRT when it
+    imports and a GPU is visible, else ONNX Runtime). ``tf32`` (default off, _defaults.TRT_TF32)
+    lets TensorRT run fp32 matrix products in TF32; it is recorded for the engine commands of
+    report.md too.
 
     Returns the bundle path and its manifest. Raises TokcompileError for user mistakes; on
     any failure nothing is left at ``output``.
     """
     from .backends import onnxruntime as ort_backend
-    from .backends import tensorrt as trt_backend
+    from .backends import resolve
+    from .backends.base import BuildOptions
     from .methods import METHODS, apply_method, get_method, resolve_config
     from .models import create_model
     from .models.flops import count_gmacs
     from .ops import TOKEN_OPS
-    from .ops._lowering import check_backend as check_plugin_backend
     from .ops._lowering import check_mode as check_plugin_mode
     from .ops._lowering import lowering_summary
     from .passes.cast_precision import precision_dtype
@@ -184,10 +189,16 @@ def build(
     precision = precision or _defaults.PRECISION
     backend = backend or _defaults.BACKEND
     precision_dtype(precision)
-    if backend not in BACKENDS:
-        raise TokcompileError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
     plugins = check_plugin_mode(plugins)
-    backend, plugin_path = trt_backend.resolve_backend(backend, plugin_lib, timing_cache, max_batch)
+    requested = BuildOptions(
+        max_batch=max_batch,
+        timing_cache=Path(timing_cache) if timing_cache is not None else None,
+        plugin_lib=Path(plugin_lib) if plugin_lib is not None else None,
+        target_sm=target_sm,
+        tf32=tf32,
+    )
+    chosen, options = resolve(backend, requested)
+    chosen.lowering(plugins, ())  # a mode the backend cannot build is refused before any work
     m = get_method(method_name)
     out = Path(output) if output is not None else Path(f"{model}-{m.name}-{precision}")
     # Before the model loads (seconds): refuse outputs that no build may write; whether an existing
@@ -197,8 +208,9 @@ def build(
     torch_model, spec, weights_record = create_model(model, weights=weights, seed=seed, **model_kwargs)
     config = resolve_config(m, spec, params)
     method_params = config.params() if config is not None else {}
+    build_choices = {"plugins": plugins, "tf32": options.tf32, "target_sm": options.target_sm}
     fingerprint = _fingerprint(
-        spec.name, weights_record, m.name, [method_params, model_kwargs, {"plugins": plugins}], precision, backend
+        spec.name, weights_record, m.name, [method_params, model_kwargs, build_choices], precision, chosen.name
     )
     with outputs.output_lock(out):  # one build writes an output at a time
         bundle_io.check_output(out, fingerprint, force)
@@ -216,11 +228,13 @@ def build(
         gm, info = apply_method(torch_model, spec, m, config, precision)
         for warning in info.get("method_warnings", []):
             logger.warning("WARNING: %s", warning)
-        check_plugin_backend(plugins, backend, {TOKEN_OPS[n.target] for n in gm.graph.nodes if n.target in TOKEN_OPS})
+        # the lowering this backend can build: e.g. no plugin nodes for one that runs no plugins
+        ops = {TOKEN_OPS[n.target] for n in gm.graph.nodes if n.target in TOKEN_OPS}
+        lowering = chosen.lowering(plugins, ops)
         staged = info.get("stages", 1) > 1
         gmacs_dense = count_gmacs(torch_model, spec.input_shape)
         with bundle_io.staging_dir(out) as tmp:
-            stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model", plugins)
+            stages, final = _export_model(gm, spec, tmp, "stage" if staged else "model", lowering)
             files = [s["file"] for s in stages]
             for s in stages:
                 s["onnxruntime_file"], s["onnxruntime_precision"] = s["file"], precision
@@ -239,7 +253,7 @@ def build(
                     reason,
                     precision,
                 )
-                twins, _ = _export_model(reduced_fp32, spec, tmp, "stage_fp32_" if staged else "model.fp32", plugins)
+                twins, _ = _export_model(reduced_fp32, spec, tmp, "stage_fp32_" if staged else "model.fp32", lowering)
                 for s, t in zip(stages, twins):
                     s.update(onnxruntime_file=t["file"], onnxruntime_precision="fp32", onnxruntime_note=reason)
                 files += [t["file"] for t in twins]
@@ -250,14 +264,10 @@ def build(
             else:
                 gmacs = count_gmacs(reduced_fp32, spec.input_shape) if m.pipeline else gmacs_dense
                 tokens = info["tokens"]
-            trt_block = None
-            if backend == "tensorrt":  # after calibration: the profiles follow each stage's buckets
-                engines, trt_block = trt_backend.build(
-                    tmp, stages, spec.num_tokens, plugin_path, timing_cache, max_batch
-                )
-                files += engines
-            else:
-                trt_backend.plan_profiles(tmp, stages, spec.num_tokens)
+            # after calibration: the TensorRT profiles follow each stage's buckets
+            chosen.plan(tmp, stages, spec.num_tokens, options)
+            built = chosen.build(tmp, stages, spec.num_tokens, options)
+            files += built.files
             manifest: dict[str, Any] = {
                 "format": bundle_io.FORMAT,
                 "format_version": bundle_io.FORMAT_VERSION,
@@ -283,8 +293,12 @@ def build(
                     **({"warnings": info["method_warnings"]} if info.get("method_warnings") else {}),
                 },
                 "precision": precision,
-                "backend": backend,
-                "lowering": lowering_summary(plugins, stages),
+                "backend": chosen.name,
+                "tf32": options.tf32,
+                "lowering": {
+                    **lowering_summary(lowering, stages),
+                    **({"requested": plugins} if lowering != plugins else {}),
+                },
                 "tokens": tokens,
                 "gmacs": {
                     "reduced": round(gmacs, 4),
@@ -295,9 +309,9 @@ def build(
                 "final_outputs": final,
                 "versions": _versions(),
             }
-            if trt_block is not None:
-                manifest["tensorrt"] = trt_block
-                manifest["versions"]["tensorrt"] = trt_block["version"]
+            if built.block_key is not None and built.block is not None:
+                manifest[built.block_key] = built.block
+                manifest["versions"][chosen.name] = built.block["version"]
             manifest["build_seconds"] = round(time.perf_counter() - start, 1)
             manifest["files"] = bundle_io.hash_files(tmp, files)
             write_report(tmp / REPORT_FILE, manifest)

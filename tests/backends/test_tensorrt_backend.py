@@ -1,7 +1,9 @@
-"""The TensorRT backend's logic that needs no TensorRT: profiles, names, checks, backend choice.
+"""The TensorRT backends' logic that needs no TensorRT: profiles, names, checks, backend choice.
 
-TensorRT's presence is monkeypatched (``available``, ``trt_version``, ``gpu_info``) so these
-tests mean the same on a machine that has it. Engines themselves: test_tensorrt_build.py.
+TensorRT's presence is monkeypatched (the backend's ``probe``/``unavailable``, the module's
+version, ``gpu_info``) so these tests mean the same on a machine that has it. Engines built
+with a real builder: test_tensorrt_rtx_build.py (TensorRT for RTX, any machine) and
+test_tensorrt_build.py (TensorRT and a GPU).
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from cli_helpers import assert_user_error, run
 
 import tokcompile
 from tokcompile import TokcompileError, _defaults
-from tokcompile.backends import tensorrt as trt_backend
-from tokcompile.backends.tensorrt import FALLBACK
+from tokcompile.backends import get_backend
+from tokcompile.backends.tensorrt import env, plugins
+from tokcompile.backends.tensorrt import profiles as trt_backend
+from tokcompile.backends.tensorrt.profiles import FALLBACK
+from tokcompile.backends.tensorrt.run import to_numpy, torch_dtype
+from tokcompile.runtime.bundle import hash_files
 
 ATS_BUCKETS = "40,60,80"  # as tests/runtime/test_staged.py: the session builds this bundle once
 
@@ -34,9 +40,10 @@ def onnx_input_shapes(path: Path) -> dict[str, list[int]]:
     }
 
 
-def test_engine_file_name_records_version_and_gpu():
-    assert trt_backend.engine_file_name("stage1", "10.13.0.35", "sm_90") == "stage1.trt10.13-sm90.engine"
-    assert trt_backend.engine_file_name("model", "11.4.0.106", "sm_120") == "model.trt11.4-sm120.engine"
+def test_engine_file_name_records_flavour_version_and_targets():
+    assert trt_backend.engine_file_name("stage1", "trt", "10.13.0.35", [90]) == "stage1.trt10.13-sm90.engine"
+    assert trt_backend.engine_file_name("model", "trt", "11.4.0.106", [120]) == "model.trt11.4-sm120.engine"
+    assert trt_backend.engine_file_name("stage1", "rtx", "1.7.1.116", [86, 80]) == "stage1.rtx1.7-sm80_86.engine"
 
 
 def test_profiles_one_per_bucket_then_catch_all():
@@ -145,32 +152,38 @@ def test_pick_profile():
 
 
 def test_check_compatible():
-    built = {"version": "10.13.0.35", "compute_capability": "sm_90"}
-    assert trt_backend.check_compatible(built, "10.13.0.35", "sm_90") is None
-    msg = trt_backend.check_compatible(built, "10.9.0.34", "sm_89", "'tokcompile build deit_s --backend tensorrt'")
+    built = {"version": "10.13.0.35", "compute_capability": "sm_90"}  # a bundle from before target_sm
+    rebuild = "'tokcompile build deit_s --backend tensorrt'"
+    assert env.check_compatible(built, "TensorRT", "10.13.0.35", "sm_90", rebuild) is None
+    msg = env.check_compatible(built, "TensorRT", "10.9.0.34", "sm_89", rebuild)
     assert msg == (
         "engine built with TensorRT 10.13.0.35 for sm_90; this machine has TensorRT 10.9.0.34 on sm_89: "
         "rebuild the bundle with 'tokcompile build deit_s --backend tensorrt'"
     )
-    assert "on sm_89" in trt_backend.check_compatible(built, "10.13.0.35", "sm_89")
+    assert "on sm_89" in env.check_compatible(built, "TensorRT", "10.13.0.35", "sm_89", rebuild)
+    rtx = {"version": "1.7.1.116", "target_sm": [80, 86, 89]}  # several targets: any of them runs
+    assert env.check_compatible(rtx, "TensorRT for RTX", "1.7.1.116", "sm_86", rebuild) is None
+    assert "for sm_80, sm_86, sm_89;" in env.check_compatible(rtx, "TensorRT for RTX", "1.7.1.116", "sm_120", rebuild)
+    assert "1.8.0.1 on sm_86" in env.check_compatible(rtx, "TensorRT for RTX", "1.8.0.1", "sm_86", rebuild)
+    assert env.check_compatible(rtx, "TensorRT for RTX", "1.7.1.116", "no GPU", rebuild) is not None
 
 
 def test_trt_dtype_mapping():
-    assert trt_backend.torch_dtype("FLOAT") == torch.float32
-    assert trt_backend.torch_dtype("HALF") == torch.float16
-    assert trt_backend.torch_dtype("BF16") == torch.bfloat16
-    assert trt_backend.torch_dtype("INT64") == torch.int64
-    assert trt_backend.torch_dtype("BOOL") == torch.bool
+    assert torch_dtype("FLOAT") == torch.float32
+    assert torch_dtype("HALF") == torch.float16
+    assert torch_dtype("BF16") == torch.bfloat16
+    assert torch_dtype("INT64") == torch.int64
+    assert torch_dtype("BOOL") == torch.bool
     with pytest.raises(TokcompileError, match="FP8"):
-        trt_backend.torch_dtype("FP8")
-    out = trt_backend.to_numpy(torch.tensor([1.5, -2.0], dtype=torch.bfloat16))
+        torch_dtype("FP8")
+    out = to_numpy(torch.tensor([1.5, -2.0], dtype=torch.bfloat16))
     assert out.dtype == np.float32 and out.tolist() == [1.5, -2.0]
-    assert trt_backend.to_numpy(torch.tensor([True, False])).dtype == np.bool_
+    assert to_numpy(torch.tensor([True, False])).dtype == np.bool_
 
 
 def test_default_timing_cache_is_per_gpu_and_version():
-    path = trt_backend.default_timing_cache(
-        {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "sm_90"}, "10.13.0.35"
+    path = env.cache_path(
+        "timing", {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "sm_90"}, "trt", "10.13.0.35"
     )
     assert path.parent == Path(_defaults.TRT_CACHE_DIR).expanduser()
     assert path.name == "timing-nvidia-h100-80gb-hbm3-sm90-trt10.13.0.35.cache"
@@ -178,22 +191,22 @@ def test_default_timing_cache_is_per_gpu_and_version():
 
 def test_plugin_library_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv(_defaults.PLUGIN_LIB_ENV, raising=False)
-    monkeypatch.setattr(trt_backend, "REPO_ROOT", tmp_path)
-    assert trt_backend.resolve_plugin_lib(None) is None
+    monkeypatch.setattr(plugins, "REPO_ROOT", tmp_path)
+    assert plugins.resolve_plugin_lib(None) is None
     built = tmp_path / "build" / _defaults.PLUGIN_LIBRARY
     built.parent.mkdir()
     built.write_bytes(b"\x7fELF")
-    assert trt_backend.resolve_plugin_lib(None) == built
+    assert plugins.resolve_plugin_lib(None) == built
     other = tmp_path / "other.so"
     other.write_bytes(b"\x7fELF")
     monkeypatch.setenv(_defaults.PLUGIN_LIB_ENV, str(other))
-    assert trt_backend.resolve_plugin_lib(None) == other
-    assert trt_backend.resolve_plugin_lib(built) == built
+    assert plugins.resolve_plugin_lib(None) == other
+    assert plugins.resolve_plugin_lib(built) == built
     with pytest.raises(TokcompileError, match="--plugin-lib 'nope.so' is not a file"):
-        trt_backend.resolve_plugin_lib("nope.so")
+        plugins.resolve_plugin_lib("nope.so")
     monkeypatch.setenv(_defaults.PLUGIN_LIB_ENV, str(tmp_path / "gone.so"))
     with pytest.raises(TokcompileError, match=f"\\${_defaults.PLUGIN_LIB_ENV}="):
-        trt_backend.resolve_plugin_lib(None)
+        plugins.resolve_plugin_lib(None)
 
 
 # --- backend choice (build) ------------------------------------------------------------------
@@ -201,17 +214,19 @@ def test_plugin_library_resolution(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_tensorrt(monkeypatch):
-    monkeypatch.setattr(trt_backend, "available", lambda torch_cuda=False: "TensorRT is not installed (test)")
+    backend = type(get_backend("tensorrt"))
+    monkeypatch.setattr(backend, "probe", lambda self: "TensorRT is not installed (test)")
+    monkeypatch.setattr(backend, "unavailable", lambda self, manifest: "TensorRT is not installed (test)")
 
 
 @pytest.fixture
 def fake_tensorrt(monkeypatch):
     """TensorRT 10.9 on an sm_89 GPU, as far as the checks can tell (no engine can run)."""
-    monkeypatch.setattr(trt_backend, "available", lambda torch_cuda=False: None)
-    monkeypatch.setattr(trt_backend, "trt_version", lambda: "10.9.0.34")
-    monkeypatch.setattr(
-        trt_backend, "gpu_info", lambda: {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "sm_89"}
-    )
+    backend = type(get_backend("tensorrt"))
+    monkeypatch.setattr(backend, "probe", lambda self: None)
+    monkeypatch.setattr(backend, "unavailable", lambda self, manifest: None)
+    monkeypatch.setattr(backend, "trt", lambda self: type("tensorrt", (), {"__version__": "10.9.0.34"}))
+    monkeypatch.setattr(env, "gpu_info", lambda: {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "sm_89"})
 
 
 def test_auto_picks_onnxruntime_without_tensorrt_and_says_why(no_tensorrt, checkpoint, tmp_path, capsys):
@@ -238,12 +253,19 @@ def test_explicit_tensorrt_without_it_is_one_line_and_writes_nothing(no_tensorrt
 @pytest.mark.parametrize(
     "argv, pattern",
     [
-        (["--max-batch", "8"], r"--max-batch applies to --backend tensorrt \(or auto\), not onnxruntime"),
+        (
+            ["--max-batch", "8"],
+            r"--max-batch applies to --backend tensorrt or tensorrt-rtx \(or auto\), not onnxruntime$",
+        ),
         (
             ["--backend", "onnxruntime", "--plugin-lib", "x.so", "--timing-cache", "t"],
-            r"--plugin-lib, --timing-cache apply",
+            r"--plugin-lib, --timing-cache apply to --backend tensorrt \(or auto\), not onnxruntime$",
         ),
-        (["--backend", "tensorrtx"], r"--backend must be one of onnxruntime, tensorrt, auto, got 'tensorrtx'"),
+        (["--target-sm", "80"], r"--target-sm applies to --backend tensorrt-rtx, not onnxruntime$"),
+        (
+            ["--backend", "tensorrtx"],
+            r"--backend must be one of onnxruntime, tensorrt, tensorrt-rtx, auto, got 'tensorrtx'",
+        ),
     ],
 )
 def test_backend_flag_errors(argv, pattern, tmp_path, capsys):
@@ -276,13 +298,16 @@ def test_missing_plugin_library_fails_before_building(fake_tensorrt, tmp_path, c
 
 @pytest.fixture
 def trt_bundle(bundle, tmp_path) -> Path:
-    """A copy of an EViT bundle whose manifest says it was built for TensorRT 10.13 on sm_90."""
+    """A copy of an EViT bundle whose manifest says it was built for TensorRT 10.13 on sm_90 (with a
+    stand-in engine file, hashed like every file a bundle runs)."""
     directory = tmp_path / "trt-bundle"
     shutil.copytree(bundle("test_vit"), directory)
     manifest = json.loads((directory / "manifest.json").read_text())
     stage = manifest["stages"][0]
     manifest["backend"] = "tensorrt"
     stage["tensorrt_file"] = "model.trt10.13-sm90.engine"
+    (directory / stage["tensorrt_file"]).write_bytes(b"not an engine")
+    manifest["files"].update(hash_files(directory, [stage["tensorrt_file"]]))
     stage["tensorrt_profiles"] = trt_backend.stage_profiles(
         onnx_input_shapes(directory / stage["file"]), [], [], 101, 64, 16
     )

@@ -3,7 +3,8 @@
 Needs the TensorRT builder (``tensorrt``) and a CUDA GPU; skipped elsewhere with the reason.
 The ATS tests also need the plugin library (``cmake --build build``; see README: TensorRT),
 since ATS routes AtsSample to a plugin. Between them these tests make every TensorRT call of
-the builder and the runner in backends/tensorrt.py.
+the builder and the runner of backends/tensorrt/ under full TensorRT (TensorRT for RTX builds:
+test_tensorrt_rtx_build.py).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import pytest
 
 import tokcompile
 from tokcompile import TokcompileError, _defaults
-from tokcompile.backends import tensorrt as trt_backend
-from tokcompile.backends.tensorrt import FALLBACK
+from tokcompile.backends import get_backend
+from tokcompile.backends.tensorrt import FALLBACK, engine_file_name, token_inputs
+from tokcompile.backends.tensorrt.env import gpu_info, sm_number
+from tokcompile.backends.tensorrt.plugins import resolve_plugin_lib
 from tokcompile.models.weights import file_sha256
 
 pytestmark = pytest.mark.trt
 
 trt = pytest.importorskip("tensorrt", reason="the TensorRT builder is not installed (pip install -e '.[tensorrt]')")
-_reason = trt_backend.available(torch_cuda=True)
+_reason = get_backend("tensorrt").unavailable({})
 if _reason is not None:
     pytest.skip(f"TensorRT cannot run here: {_reason}", allow_module_level=True)
 
@@ -62,7 +65,7 @@ def build_trt(checkpoint, tmp_path_factory, cache):
 
 @pytest.fixture(scope="module")
 def plugin_lib():
-    lib = trt_backend.resolve_plugin_lib(None)
+    lib = resolve_plugin_lib(None)
     if lib is None:
         pytest.skip(f"no plugin library: build plugins/ with cmake or set ${_defaults.PLUGIN_LIB_ENV}")
     return lib
@@ -86,12 +89,14 @@ def kept_agreement(a: dict, b: dict) -> float:
 def test_evit_bundle(build_trt, cache):
     directory = build_trt("evit")
     manifest = json.loads((directory / "manifest.json").read_text())
-    gpu = trt_backend.gpu_info()
+    gpu = gpu_info()
     block = manifest["tensorrt"]
     assert manifest["backend"] == "tensorrt" and block["version"] == trt.__version__
     assert block["compute_capability"] == gpu["compute_capability"] and block["plugin_library"] is None
     stage = manifest["stages"][0]
-    assert stage["tensorrt_file"] == trt_backend.engine_file_name("model", trt.__version__, gpu["compute_capability"])
+    sm = sm_number(gpu["compute_capability"])
+    assert stage["tensorrt_file"] == engine_file_name("model", "trt", trt.__version__, [sm])
+    assert block["flavour"] == "tensorrt" and block["target_sm"] == [sm] and manifest["tf32"] is False
     assert stage["tensorrt_file"] in manifest["files"] and stage["file"] in manifest["files"]  # ONNX kept
     assert cache.is_file() and cache.stat().st_size > 0
 
@@ -155,7 +160,7 @@ def test_ats_profiles_per_bucket_and_run(build_trt, plugin_lib):
             continue
         assert [p["bucket"] for p in profiles] == [*sorted(set(stages[k - 1]["buckets"])), FALLBACK]
         for i, p in enumerate(profiles):
-            for name in trt_backend.token_inputs(stage):
+            for name in token_inputs(stage):
                 lo, opt, hi = (tuple(d) for d in e.get_tensor_profile_shape(name, i))
                 if p["bucket"] == FALLBACK:
                     assert (lo[1], opt[1], hi[1]) == (_defaults.TRT_FALLBACK_MIN_TOKENS, FULL, FULL)

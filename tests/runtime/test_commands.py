@@ -14,11 +14,13 @@ import pytest
 import tokcompile
 from tokcompile.runtime.commands import (
     POLYGRAPHY_FLAGS,
+    TENSORRT_RTX_FLAGS,
     TRTEXEC_FLAGS,
     plugin_library,
     plugin_loading,
     polygraphy_command,
     stage_profiles,
+    tensorrt_rtx_command,
     trtexec_command,
 )
 from tokcompile.runtime.report import write_report
@@ -51,10 +53,12 @@ def fake_manifest(plugin_nodes: dict | None = None, library: str = "libtokcompil
         "method": {"name": "ats", "params": {}},
         "precision": "fp32",
         "backend": "tensorrt",
+        "tf32": False,
         "lowering": {"plugins": "auto", "plugin_nodes": {"AtsSample": 1} if plugin_nodes else {}, "native_nodes": {}},
         "tokens": {"sequence": [101, 90.5], "blocks": []},
         "gmacs": {"reduced": 0.1, "dense": 0.2, "ideal_speedup": 2.0},
         "tensorrt": {
+            "flavour": "tensorrt",
             "version": "10.13.0.35",
             "gpu": "NVIDIA H100",
             "compute_capability": "sm_90",
@@ -95,13 +99,13 @@ def fake_manifest(plugin_nodes: dict | None = None, library: str = "libtokcompil
 def test_trtexec_command_exact() -> None:
     m = fake_manifest()
     assert trtexec_command(m, m["stages"][0]) == (
-        "trtexec --onnx=stage0.onnx --saveEngine=stage0.trt10.13-sm90.engine --stronglyTyped "
+        "trtexec --onnx=stage0.onnx --saveEngine=stage0.trt10.13-sm90.engine --stronglyTyped --noTF32 "
         "--staticPlugins=./libtokcompile_plugins.so "
         "--profile=0 --minShapes=images:1x3x160x160 --optShapes=images:16x3x160x160 "
         "--maxShapes=images:64x3x160x160 --skipInference"
     )
     assert trtexec_command(m, m["stages"][1]) == (
-        "trtexec --onnx=stage1.onnx --saveEngine=stage1.trt10.13-sm90.engine --stronglyTyped "
+        "trtexec --onnx=stage1.onnx --saveEngine=stage1.trt10.13-sm90.engine --stronglyTyped --noTF32 "
         "--profile=0 --minShapes=gather_tokens:1x40x64,valid_prefix:1x40,sampled_ids:1x40 "
         "--optShapes=gather_tokens:16x40x64,valid_prefix:16x40,sampled_ids:16x40 "
         "--maxShapes=gather_tokens:64x40x64,valid_prefix:64x40,sampled_ids:64x40 "
@@ -131,6 +135,59 @@ def test_polygraphy_command_exact() -> None:
         "--input-shapes 'gather_tokens:[16,101,64]' 'valid_prefix:[16,101]' 'sampled_ids:[16,101]' "
         "--val-range 'valid_prefix:[1,1]' --atol 0.0001"
     )
+
+
+def rtx_manifest(tf32: bool = False) -> dict:
+    """The fake manifest as a TensorRT for RTX bundle built for sm_80 and sm_86."""
+    m = fake_manifest(plugin_nodes={})
+    m["backend"], m["tf32"] = "tensorrt-rtx", tf32
+    m["tensorrt"] = {"flavour": "tensorrt-rtx", "version": "1.7.1.116", "target_sm": [80, 86], "plugin_library": None}
+    for stage in m["stages"]:
+        stage["tensorrt_file"] = stage["tensorrt_file"].replace("trt10.13-sm90", "rtx1.7-sm80_86")
+    return m
+
+
+def test_tensorrt_rtx_command_exact() -> None:
+    m = rtx_manifest()
+    assert tensorrt_rtx_command(m, m["stages"][0]) == (
+        "tensorrt_rtx --onnx=stage0.onnx --saveEngine=stage0.rtx1.7-sm80_86.engine --computeCapabilities=80,86 "
+        "--noTF32 --profile=0 --minShapes=images:1x3x160x160 --optShapes=images:16x3x160x160 "
+        "--maxShapes=images:64x3x160x160 --skipInference"
+    )
+    # planned (ONNX Runtime bundle): the tool's default targets, its own engine name
+    planned = fake_manifest(plugin_nodes={})
+    del planned["tensorrt"]
+    stage = {k: v for k, v in planned["stages"][0].items() if k != "tensorrt_file"}
+    assert tensorrt_rtx_command(planned, stage).startswith(
+        "tensorrt_rtx --onnx=stage0.onnx --saveEngine=stage0.rtx.plan --noTF32 --profile=0 "
+    )
+
+
+def test_tf32_choice_in_every_command() -> None:
+    """trtexec and tensorrt_rtx enable TF32 unless --noTF32; Polygraphy disables it unless --tf32."""
+    for tf32 in (False, True):
+        m, rtx = fake_manifest(plugin_nodes={}), rtx_manifest(tf32)
+        m["tf32"] = tf32
+        stage = m["stages"][1]
+        assert ("--noTF32" in shlex.split(trtexec_command(m, stage))) is not tf32
+        assert ("--noTF32" in shlex.split(tensorrt_rtx_command(rtx, rtx["stages"][1]))) is not tf32
+        assert ("--tf32" in shlex.split(polygraphy_command(m, stage))) is tf32
+    # Polygraphy under TensorRT for RTX: the environment variable first
+    assert polygraphy_command(rtx_manifest(True), rtx_manifest(True)["stages"][0]).startswith(
+        "POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy run stage0.onnx --trt --onnxrt --strongly-typed --tf32 "
+    )
+
+
+def test_report_of_a_tensorrt_rtx_bundle(tmp_path: Path) -> None:
+    for tf32 in (False, True):
+        m = rtx_manifest(tf32)
+        write_report(tmp_path / "report.md", m)
+        text = (tmp_path / "report.md").read_text()
+        assert "TensorRT for RTX for sm_80, sm_86" in text and "trtexec" not in text
+        for stage in m["stages"]:
+            assert tensorrt_rtx_command(m, stage) in text
+        # Polygraphy cannot build a TF32-off TensorRT for RTX engine: no polygraphy line then
+        assert ("POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy run stage0.onnx" in text) is tf32
 
 
 def test_no_plugin_flags_without_plugin_nodes() -> None:
@@ -196,6 +253,11 @@ def test_every_polygraphy_flag_exists() -> None:
     assert {a for a in emitted if a.startswith("--")} <= set(POLYGRAPHY_FLAGS)
     trt = {a.split("=")[0] for s in m["stages"] for a in shlex.split(trtexec_command(m, s))}
     assert {a for a in trt if a.startswith("--")} <= set(TRTEXEC_FLAGS)
+    m = rtx_manifest(tf32=True)
+    emitted = {a for s in m["stages"] for a in shlex.split(polygraphy_command(m, s))}
+    assert {a for a in emitted if a.startswith("--")} <= set(POLYGRAPHY_FLAGS) and "--tf32" in emitted
+    rtx = {a.split("=")[0] for s in rtx_manifest()["stages"] for a in shlex.split(tensorrt_rtx_command(m, s))}
+    assert {a for a in rtx if a.startswith("--")} <= set(TENSORRT_RTX_FLAGS)
 
 
 def test_polygraphy_command_runs_onnxruntime_side(bundle) -> None:

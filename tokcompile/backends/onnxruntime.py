@@ -1,18 +1,24 @@
 """ONNX Runtime backend (CPU reference, always available).
 
-``build`` checks that ONNX Runtime can execute a stage's ONNX file in its precision; when it
-cannot (for example bf16 on the CPU), the caller exports an fp32 twin and the bundle records
-which file ONNX Runtime runs and why. ``load`` returns a runner over one ONNX file.
+It runs the bundle's ONNX files themselves: ``build`` writes nothing. ``cannot_execute`` tells
+whether ONNX Runtime can execute a stage's ONNX file in its precision; when it cannot (for
+example bf16 on the CPU), the caller exports an fp32 twin and the bundle records which file ONNX
+Runtime runs and why. Every bundle keeps its ONNX files, so this backend can run any bundle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
+
+from .. import _defaults
+from ..errors import TokcompileError
+from .base import BackendBase, BuildOptions, BuildOutput, Loaded
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +67,51 @@ class OrtRunner:
 
 def load(path: Path, threads: Optional[int] = None) -> OrtRunner:
     return OrtRunner(path, threads)
+
+
+class OnnxRuntime(BackendBase):
+    name = NAME
+    label = "ONNX Runtime"
+    needs = "ONNX Runtime"
+
+    def probe(self) -> Optional[str]:
+        return None
+
+    def check_options(self, options: BuildOptions) -> BuildOptions:
+        options = super().check_options(options)
+        return dataclasses.replace(options, tf32=_defaults.TRT_TF32 if options.tf32 is None else options.tf32)
+
+    def plan(self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions) -> None:
+        try:
+            super().plan(directory, stages, full_count, options)
+        except TokcompileError as exc:  # only report.md's engine commands need the plan
+            logger.warning("no TensorRT engine commands in report.md: %s", exc)
+            for stage in stages:
+                stage.pop("tensorrt_plan", None)
+
+    def build(
+        self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions
+    ) -> BuildOutput:
+        return BuildOutput()
+
+    def unavailable(self, manifest: dict[str, Any]) -> Optional[str]:
+        return None
+
+    def load(self, directory: Path, manifest: dict[str, Any], threads: Optional[int] = None) -> Loaded:
+        stages = manifest["stages"]
+        first = stages[0]
+        if first["onnxruntime_file"] != first["file"]:
+            logger.warning(
+                "ONNX Runtime cannot execute the %s graph on this CPU (%s); running its fp32 twin %s",
+                manifest["precision"],
+                first.get("onnxruntime_note", "see manifest"),
+                first["onnxruntime_file"],
+            )
+        try:
+            calls = [load(Path(directory) / s["onnxruntime_file"], threads).session.run for s in stages]
+        except Exception as exc:  # ONNX Runtime's own types: InvalidProtobuf, Fail, ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TokcompileError(
+                f"bundle '{directory}': ONNX Runtime cannot load its ONNX files ({first}); rebuild the bundle"
+            ) from None
+        return Loaded(calls, first["onnxruntime_file"], first["onnxruntime_precision"])

@@ -7,6 +7,7 @@ Example:
   tokcompile build deit_s --method ats --calib ../shared/imagenet-sample   # staged, auto buckets
   tokcompile build deit_s --method adavit --weights ada_step_deit_small.pth  # official AdaViT checkpoint
   tokcompile build deit_s --method ats --backend tensorrt --plugin-lib build/libtokcompile_plugins.so
+  tokcompile build deit_s --method ats --calib ../shared/imagenet-sample --backend tensorrt-rtx --target-sm 80,86
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default=None,
-        help="onnxruntime (default) | tensorrt (engines per stage; needs TensorRT and a GPU) | auto "
-        "(tensorrt when available, else onnxruntime)",
+        help="onnxruntime (default) | tensorrt (engines per stage; needs TensorRT and a GPU) | tensorrt-rtx "
+        "(TensorRT for RTX engines, built ahead of time on any machine) | auto (tensorrt when available, "
+        "else onnxruntime)",
     )
     p.add_argument(
         "--plugins",
@@ -85,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     staged.add_argument(
         "--profile", default=None, help="hardware profile name or YAML for --buckets auto (default cpu-x86-2core)"
     )
-    trt = p.add_argument_group("tensorrt (--backend tensorrt or auto)")
+    trt = p.add_argument_group("tensorrt, tensorrt-rtx")
     trt.add_argument(
         "--plugin-lib",
         default=None,
@@ -98,6 +100,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "under ~/.cache/tokcompile)",
     )
     trt.add_argument("--max-batch", type=int, default=None, help="largest batch the engines take (default 64)")
+    trt.add_argument(
+        "--target-sm",
+        default=None,
+        help="tensorrt-rtx: compute capabilities to build for, e.g. 80,86 (default: every one the installed "
+        "TensorRT for RTX supports from Ampere, 80, on; 75 (Turing) takes fp16 models only)",
+    )
+    trt.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let TensorRT run fp32 matrix products in TF32 (default off: fp32 bundles stay numerically faithful; "
+        "recorded, and used by report.md's engine commands)",
+    )
     tome = p.add_argument_group("tome")
     tome.add_argument(
         "--r",
@@ -150,6 +165,8 @@ def run(args: argparse.Namespace) -> bool:
         plugin_lib=args.plugin_lib,
         timing_cache=args.timing_cache,
         max_batch=args.max_batch,
+        target_sm=args.target_sm,
+        tf32=args.tf32,
     )
     m = result.manifest
     g = m["gmacs"]
@@ -160,7 +177,9 @@ def run(args: argparse.Namespace) -> bool:
         print(f"stage {b['stage']}: tokens mean {b['mean']} (min {b['min']}, max {b['max']}), buckets {b['buckets']}")
     if "tensorrt" in m:
         t = m["tensorrt"]
-        print(f"TensorRT {t['version']} on {t['gpu']} ({t['compute_capability']}): {len(m['stages'])} engine(s)")
+        sms = ", ".join(f"sm_{sm}" for sm in t.get("target_sm") or [])
+        tf32 = "on" if m.get("tf32") else "off"
+        print(f"{t.get('flavour', 'tensorrt')} {t['version']} for {sms}, TF32 {tf32}: {len(m['stages'])} engine(s)")
     if m["weights"]["source"] == "random":
         print("WARNING: built with RANDOM weights; pass --weights PATH for a meaningful model")
     return True

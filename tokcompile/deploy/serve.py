@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ..backends import get_backend
 from ..errors import TokcompileError
 from ..runtime.bundle import MANIFEST, read_manifest
 from .triton import BUNDLE_DIR, MARKER, VERSION, batching, model_name, read_repository, write_entry_model
@@ -45,9 +46,11 @@ def _prepare(
         return target, model, manifest
     manifest = read_manifest(target)  # a one-line error names a missing or corrupt bundle
     model = model_name(target, name)
-    gpu = manifest["backend"] != "tensorrt" or _cuda_visible()
+    gpu = get_backend(manifest["backend"]).device != "gpu" or _cuda_visible()
     if not gpu:
-        logger.warning("serve: no CUDA device here; the TensorRT bundle's instances run its ONNX files on the CPU")
+        logger.warning(
+            "serve: no CUDA device here; the %s bundle's instances run its ONNX files on the CPU", manifest["backend"]
+        )
     values = (settings["max_batch"], settings["max_queue_delay_us"], settings["instances"])
     repository = workdir / "repository"
     write_entry_model(

@@ -34,6 +34,7 @@ from typing import Any, Optional
 import onnx
 
 from .. import __version__, _defaults, outputs
+from ..backends import get_backend
 from ..errors import TokcompileError
 from ..runtime.bundle import MANIFEST, read_manifest
 from ..runtime.commands import stage_profiles
@@ -69,15 +70,16 @@ def batching(
 ) -> Batching:
     """Resolve defaults and check ranges; raises TokcompileError naming the flag. With a TensorRT
     bundle's ``manifest``, the batch is capped by (by default) or checked against its engines, and
-    the instances are GPU instances unless ``gpu`` is False (no GPU: they run the ONNX files)."""
+    the instances are GPU instances when its backend runs on one (``Backend.device``), unless ``gpu``
+    is False (no GPU here: they run the ONNX files)."""
     cap = _engine_max_batch(manifest) if manifest is not None else None
     default = min(_defaults.TRITON_MAX_BATCH, cap or _defaults.TRITON_MAX_BATCH)
-    tensorrt = manifest is not None and manifest.get("backend") == "tensorrt"
+    on_gpu = manifest is not None and get_backend(manifest["backend"]).device == "gpu"
     resolved = Batching(
         default if max_batch is None else max_batch,
         _defaults.TRITON_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us,
         _defaults.TRITON_INSTANCES if instances is None else instances,
-        "KIND_GPU" if tensorrt and gpu else "KIND_CPU",
+        "KIND_GPU" if on_gpu and gpu else "KIND_CPU",
     )
     if resolved.max_batch < 1:
         raise TokcompileError(f"--max-batch must be ≥ 1, got {resolved.max_batch}")
@@ -103,8 +105,6 @@ def model_name(bundle: Path, name: Optional[str]) -> str:
 
 def _engine_max_batch(manifest: dict[str, Any]) -> Optional[int]:
     """The largest batch every TensorRT profile of every stage accepts (None: no engines)."""
-    if manifest.get("backend") != "tensorrt":
-        return None
     maxima = [shapes[2][0] for s in manifest["stages"] for p in stage_profiles(s) for shapes in p.values() if shapes[2]]
     return min(maxima) if maxima else None
 

@@ -1,19 +1,31 @@
-"""Shell commands a bundle's ``report.md`` prints: rebuild a stage's TensorRT engine (trtexec),
-check it against ONNX Runtime (polygraphy run), load the plugin library.
+"""Shell commands a bundle's ``report.md`` prints: rebuild a stage's engine (trtexec for
+TensorRT, tensorrt_rtx for TensorRT for RTX), check it against ONNX Runtime (polygraphy run),
+load the plugin library.
 
 Pure functions of the manifest (no file access), so tests pin the exact strings. Every command
-runs from the bundle directory. Flag spellings:
+runs from the bundle directory and makes the same TF32 choice as the build (``manifest["tf32"]``).
+Flag spellings:
 
 - trtexec (NVIDIA/TensorRT ``samples/common/sampleOptions.cpp``): ``--onnx=``, ``--saveEngine=``,
-  ``--stronglyTyped`` (needed on 10.x; a no-op kept for compatibility on 11), ``--staticPlugins=``
-  (a library that registers its creators when loaded) or ``--dynamicPlugins=`` (one exporting
-  ``getCreators``), ``--skipInference``, and one block per optimization profile
+  ``--stronglyTyped`` (needed on 10.x; a no-op kept for compatibility on 11), ``--noTF32``
+  (trtexec enables TF32 unless given it), ``--staticPlugins=`` (a library that registers its
+  creators when loaded) or ``--dynamicPlugins=`` (one exporting ``getCreators``),
+  ``--skipInference``, and one block per optimization profile
   ``--profile=i --minShapes=spec --optShapes=spec --maxShapes=spec`` with
   ``spec ::= name:DxDxD[,name:DxD]``.
+- tensorrt_rtx (TensorRT for RTX's trtexec, shipped in its SDK zip/tarball, not in the pip
+  wheel): the TensorRT for RTX docs show ``--onnx=``, ``--saveEngine=``, ``--minShapes/--optShapes/
+  --maxShapes=``, ``--skipInference`` and ``--computeCapabilities=75,80,...``; ``--profile=`` and
+  ``--noTF32`` are trtexec's option parser, which the tool shares (its networks are always
+  strongly typed, so no ``--stronglyTyped``; TF32 is on by default as in the builder).
 - polygraphy run (``polygraphy/tools/args``): ``--trt --onnxrt``, ``--strongly-typed``,
-  ``--plugins PATH`` (loaded with ``ctypes.CDLL``: the self-registering library), one
+  ``--tf32`` (Polygraphy leaves TF32 off unless given it), ``--plugins PATH`` (loaded with
+  ``ctypes.CDLL``: the self-registering library), one
   ``--trt-min-shapes/--trt-opt-shapes/--trt-max-shapes name:[D,D] ...`` group per profile,
-  ``--optimization-profile``, ``--input-shapes``, ``--val-range``, ``--atol``.
+  ``--optimization-profile``, ``--input-shapes``, ``--val-range``, ``--atol``. With
+  ``POLYGRAPHY_USE_TENSORRT_RTX=1`` it builds with TensorRT for RTX but ignores ``--tf32`` and
+  keeps TensorRT for RTX's default (TF32 on) (``polygraphy/tools/args/backend/trt/config.py``:
+  ``CreateConfigRTX`` gets no ``tf32``), so it matches a TensorRT for RTX build only with TF32 on.
 
 ``dlopen`` (and so ``ctypes.CDLL``, trtexec and ``LD_PRELOAD``) does not search the working
 directory for a bare file name: library paths are written ``./<name>``.
@@ -39,6 +51,7 @@ POLYGRAPHY_FLAGS = (
     "--trt-min-shapes",
     "--trt-opt-shapes",
     "--trt-max-shapes",
+    "--tf32",
     "--optimization-profile",
     "--input-shapes",
     "--val-range",
@@ -48,6 +61,7 @@ TRTEXEC_FLAGS = (
     "--onnx",
     "--saveEngine",
     "--stronglyTyped",
+    "--noTF32",
     "--staticPlugins",
     "--dynamicPlugins",
     "--skipInference",
@@ -56,6 +70,19 @@ TRTEXEC_FLAGS = (
     "--optShapes",
     "--maxShapes",
 )
+TENSORRT_RTX_FLAGS = (
+    "--onnx",
+    "--saveEngine",
+    "--computeCapabilities",
+    "--noTF32",
+    "--profile",
+    "--minShapes",
+    "--optShapes",
+    "--maxShapes",
+    "--skipInference",
+)
+# The environment variable that makes Polygraphy build with TensorRT for RTX (polygraphy/config.py).
+POLYGRAPHY_RTX_ENV = "POLYGRAPHY_USE_TENSORRT_RTX=1"
 
 
 def _shape(value: Any) -> Optional[Shape]:
@@ -136,29 +163,60 @@ def uses_plugins(manifest: dict[str, Any]) -> bool:
     return any(stage_uses_plugins(manifest, s) for s in manifest.get("stages", []))
 
 
-def engine_file(stage: dict[str, Any]) -> str:
-    return stage.get("tensorrt_file") or f"{PurePath(stage['file']).stem}.plan"
+def flavour(manifest: dict[str, Any]) -> Optional[str]:
+    """The TensorRT flavour that built the bundle's engines (tensorrt | tensorrt-rtx); None without."""
+    block = manifest.get("tensorrt")
+    return (block.get("flavour") or "tensorrt") if block else None
+
+
+def tf32(manifest: dict[str, Any]) -> bool:
+    """The build's TF32 choice. Bundles from before the choice was recorded were built with TF32
+    off (Polygraphy's CreateConfig default)."""
+    return bool(manifest.get("tf32", False))
+
+
+def engine_file(stage: dict[str, Any], suffix: str = ".plan") -> str:
+    return stage.get("tensorrt_file") or f"{PurePath(stage['file']).stem}{suffix}"
 
 
 def _join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def trtexec_command(manifest: dict[str, Any], stage: dict[str, Any]) -> str:
-    """``trtexec`` that rebuilds the stage's engine with one ``--profile`` block per bucket."""
-    args = ["trtexec", f"--onnx={stage['file']}", f"--saveEngine={engine_file(stage)}", "--stronglyTyped"]
-    if stage_uses_plugins(manifest, stage):
-        lib = plugin_library(manifest)
-        flag = "--dynamicPlugins" if _is_dynamic_library(lib) else "--staticPlugins"
-        args.append(f"{flag}=./{lib}")
+def _profile_flags(stage: dict[str, Any]) -> list[str]:
+    """trtexec-style ``--profile=i --minShapes=... --optShapes=... --maxShapes=...`` per profile."""
+    args = []
     for i, profile in enumerate(stage_profiles(stage)):
         names = _ordered(profile, stage)
         args.append(f"--profile={i}")
         for j, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
             spec = ",".join(f"{n}:{'x'.join(map(str, profile[n][j]))}" for n in names)
             args.append(f"{flag}={spec}")
-    args.append("--skipInference")
-    return _join(args)
+    return args
+
+
+def trtexec_command(manifest: dict[str, Any], stage: dict[str, Any]) -> str:
+    """``trtexec`` that rebuilds the stage's engine with one ``--profile`` block per bucket."""
+    args = ["trtexec", f"--onnx={stage['file']}", f"--saveEngine={engine_file(stage)}", "--stronglyTyped"]
+    if not tf32(manifest):
+        args.append("--noTF32")
+    if stage_uses_plugins(manifest, stage):
+        lib = plugin_library(manifest)
+        flag = "--dynamicPlugins" if _is_dynamic_library(lib) else "--staticPlugins"
+        args.append(f"{flag}=./{lib}")
+    return _join([*args, *_profile_flags(stage), "--skipInference"])
+
+
+def tensorrt_rtx_command(manifest: dict[str, Any], stage: dict[str, Any]) -> str:
+    """``tensorrt_rtx`` that rebuilds the stage's TensorRT for RTX engine ahead of time, for the SMs
+    the bundle records (none recorded: the tool's default targets, Ampere and later)."""
+    args = ["tensorrt_rtx", f"--onnx={stage['file']}", f"--saveEngine={engine_file(stage, '.rtx.plan')}"]
+    target = (manifest.get("tensorrt") or {}).get("target_sm") if flavour(manifest) == "tensorrt-rtx" else None
+    if target:
+        args.append(f"--computeCapabilities={','.join(map(str, target))}")
+    if not tf32(manifest):
+        args.append("--noTF32")
+    return _join([*args, *_profile_flags(stage), "--skipInference"])
 
 
 def _bracket(shape: Shape) -> str:
@@ -173,6 +231,10 @@ def polygraphy_command(manifest: dict[str, Any], stage: dict[str, Any], bool_inp
     """
     profiles = stage_profiles(stage)
     args = ["polygraphy", "run", stage["file"], "--trt", "--onnxrt", "--strongly-typed"]
+    if flavour(manifest) == "tensorrt-rtx":
+        args.insert(0, POLYGRAPHY_RTX_ENV)
+    if tf32(manifest):
+        args.append("--tf32")
     if stage_uses_plugins(manifest, stage):
         lib = plugin_library(manifest)  # ctypes.CDLL registers nothing from a getCreators library
         args += ["--plugins", f"./{_defaults.PLUGIN_LIBRARY if _is_dynamic_library(lib) else lib}"]

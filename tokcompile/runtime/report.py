@@ -93,7 +93,15 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
 
 def deployment_section(manifest: dict[str, Any]) -> list[str]:
     """Lowering, per-stage TensorRT engine commands (TensorRT bundles) and plugin loading."""
-    from .commands import plugin_loading, polygraphy_command, stage_profiles, trtexec_command
+    from .commands import (
+        flavour,
+        plugin_loading,
+        polygraphy_command,
+        stage_profiles,
+        tensorrt_rtx_command,
+        tf32,
+        trtexec_command,
+    )
 
     lowering = manifest.get("lowering") or {}
     lines = []
@@ -103,34 +111,59 @@ def deployment_section(manifest: dict[str, Any]) -> list[str]:
         lines += [
             "## Lowering",
             "",
-            f"- `--plugins {lowering.get('plugins')}`: TensorRT plugin nodes {plugin}; native (function body) {native}",
+            f"- `--plugins {lowering.get('requested', lowering.get('plugins'))}`"
+            + (f" (exported as `{lowering['plugins']}` for this backend)" if "requested" in lowering else "")
+            + f": TensorRT plugin nodes {plugin}; native (function body) {native}",
             "",
         ]
-    built = manifest.get("backend") == "tensorrt"
-    planned = not built and all(s.get("tensorrt_plan") for s in manifest["stages"])
+    built = flavour(manifest)
+    planned = built is None and all(s.get("tensorrt_plan") for s in manifest["stages"])
     if built or planned:
-        intro = (
-            "Rebuild each engine, then check it against ONNX Runtime:"
-            if built
-            else "Not built here. On the GPU machine (TensorRT ≥ 10.7), build each stage's engine with the "
-            "profiles `--backend tensorrt` would use, then check it against ONNX Runtime:"
-        )
-        lines += ["## TensorRT engines", "", intro, ""]
+        lines += ["## TensorRT engines", "", *_engine_intro(manifest, built), ""]
         for stage in manifest["stages"]:
             if planned:
                 stage = {**stage, "tensorrt_profiles": stage["tensorrt_plan"]}
             masks = tuple(n for n, t in (stage.get("input_types") or {}).items() if t == "bool")
             note = "" if stage_profiles(stage) else " (no tensorrt_profiles recorded: add --minShapes/... yourself)"
-            lines += [
-                f"Stage {stage['index']} (`{stage['file']}`){note}:",
-                "",
-                "```",
-                trtexec_command(manifest, stage),
-                polygraphy_command(manifest, stage, masks),
-                "```",
-                "",
-            ]
+            commands = {
+                "tensorrt": [trtexec_command(manifest, stage)],
+                "tensorrt-rtx": [tensorrt_rtx_command(manifest, stage)],
+                None: [trtexec_command(manifest, stage), tensorrt_rtx_command(manifest, stage)],
+            }[built]
+            # Polygraphy cannot turn TF32 off for TensorRT for RTX: no check line that would build otherwise
+            if built != "tensorrt-rtx" or tf32(manifest):
+                commands.append(polygraphy_command(manifest, stage, masks))
+            lines += [f"Stage {stage['index']} (`{stage['file']}`){note}:", "", "```", *commands, "```", ""]
     loading = plugin_loading(manifest)
     if loading:
         lines += ["## Plugin library", "", *loading, ""]
     return lines
+
+
+def _engine_intro(manifest: dict[str, Any], built: Any) -> list[str]:
+    """What the engine commands below are for, and the TF32 choice they share with the build."""
+    from .commands import tf32
+
+    choice = (
+        f"TF32 {'on' if tf32(manifest) else 'off'} (`--{'' if tf32(manifest) else 'no-'}tf32`), as the commands below"
+    )
+    if built == "tensorrt":
+        return [f"Built with TensorRT, {choice}. Rebuild each engine, then check it against ONNX Runtime:"]
+    if built == "tensorrt-rtx":
+        sms = ", ".join(f"sm_{sm}" for sm in (manifest.get("tensorrt") or {}).get("target_sm") or [])
+        lines = [
+            f"Built ahead of time with TensorRT for RTX for {sms or 'its default targets'}, {choice}. Rebuild "
+            "each engine with the SDK's `tensorrt_rtx` (the pip wheel has no CLI):"
+        ]
+        if not tf32(manifest):
+            lines += [
+                "",
+                "Polygraphy builds TensorRT for RTX engines with TF32 on whatever its flags say, so check these "
+                "engines with `tokcompile compare <this directory>` on the GPU rather than `polygraphy run`.",
+            ]
+        return lines
+    return [
+        f"Not built here ({choice}). On the GPU machine (TensorRT ≥ 10.7) build each stage's engine with "
+        "`trtexec`, or on any machine with TensorRT for RTX's `tensorrt_rtx` (for Ampere and later), with the "
+        "profiles `--backend tensorrt` would use, then check it against ONNX Runtime:"
+    ]

@@ -12,17 +12,20 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..backends import REFERENCE, get_backend
 from ..errors import TokcompileError
 from .bundle import read_manifest
-from .staged import StagedRunner, ort_stage_calls
+from .staged import StagedRunner
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt")
-
 
 class BundleRunner:
-    """Runs a bundle's stage files in order (one file for static methods) with bucket dispatch."""
+    """Runs a bundle's stage files in order (one file for static methods) with bucket dispatch.
+
+    ``backend``: None runs the bundle's own backend where it can run, else (with a warning) its
+    ONNX files with ONNX Runtime, which every bundle keeps; a named backend must run here.
+    """
 
     def __init__(
         self, directory: Path, manifest: dict[str, Any], threads: Optional[int] = None, backend: Optional[str] = None
@@ -30,55 +33,35 @@ class BundleRunner:
         self.directory = directory
         self.manifest = manifest
         stages = manifest["stages"]
-        built = manifest["backend"]
-        if built not in BACKENDS:
-            raise TokcompileError(f"bundle '{directory}' uses backend '{built}', which this tokcompile cannot run")
-        if backend not in (None, *BACKENDS):
-            raise TokcompileError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-        if backend == "tensorrt" and built != "tensorrt":
-            raise TokcompileError(f"bundle '{directory}' has no TensorRT engines; rebuild it with --backend tensorrt")
+        try:
+            built = get_backend(manifest["backend"])
+        except TokcompileError:
+            raise TokcompileError(
+                f"bundle '{directory}' uses backend '{manifest['backend']}', which this tokcompile cannot run"
+            ) from None
+        chosen = built if backend is None else get_backend(backend)
+        if chosen.name not in (built.name, REFERENCE):
+            raise TokcompileError(
+                f"bundle '{directory}' has no {chosen.label} engines; rebuild it with --backend {chosen.name}"
+            )
+        problem = chosen.unavailable(manifest)
+        if problem is not None and backend is None:
+            logger.warning(
+                "bundle '%s' was built for %s, which cannot run here (%s); running its ONNX files with %s",
+                directory,
+                chosen.label,
+                problem,
+                get_backend(REFERENCE).label,
+            )
+            chosen = get_backend(REFERENCE)
+        loaded = chosen.load(directory, manifest, threads)
+        self.backend, self.file, self.precision = chosen.name, loaded.file, loaded.precision
         final = manifest.get("final_outputs") or {n: n for n in stages[0]["outputs"]}
-        self.backend = "tensorrt" if built == "tensorrt" and backend != "onnxruntime" else "onnxruntime"
-        if self.backend == "tensorrt":
-            from ..backends import tensorrt as trt_backend
-
-            # The ONNX files the engines were built from are in every TensorRT bundle: where
-            # TensorRT or a GPU is missing, ONNX Runtime runs them (unless TensorRT was asked for).
-            reason = trt_backend.available(torch_cuda=True)
-            if reason is None or backend == "tensorrt":
-                self.file = stages[0]["tensorrt_file"]
-                self.precision = manifest["precision"]
-                calls = trt_backend.trt_stage_calls(directory, stages, manifest)
-            else:
-                logger.warning(
-                    "bundle '%s' was built for TensorRT, which cannot run here (%s); running its ONNX files "
-                    "with ONNX Runtime",
-                    directory,
-                    reason,
-                )
-                self.backend = "onnxruntime"
-        if self.backend == "onnxruntime":
-            self.file = stages[0]["onnxruntime_file"]
-            self.precision = stages[0]["onnxruntime_precision"]
-            if self.file != stages[0]["file"]:
-                logger.warning(
-                    "ONNX Runtime cannot execute the %s graph on this CPU (%s); running its fp32 twin %s",
-                    manifest["precision"],
-                    stages[0].get("onnxruntime_note", "see manifest"),
-                    self.file,
-                )
-            try:
-                calls = ort_stage_calls(directory, stages, "onnxruntime_file", threads)
-            except Exception as exc:  # ONNX Runtime's own types: InvalidProtobuf, Fail, ...
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise TokcompileError(
-                    f"bundle '{directory}': ONNX Runtime cannot load its ONNX files ({first}); rebuild the bundle"
-                ) from None
         # Staged bundles split a batch by count where one slow image would set everyone's bucket; a
         # split must save at least one full image's token slots (runtime/buckets.split_by_count).
         model = manifest["model"]
         tokens = model["num_prefix_tokens"] + int(np.prod(model["grid"]))
-        self.engine = StagedRunner(stages, calls, final, split_overhead=float(tokens))
+        self.engine = StagedRunner(stages, loaded.calls, final, split_overhead=float(tokens))
         self.output_names = list(final)
         self.input_shape = tuple(manifest["model"]["input_shape"])
 
@@ -106,9 +89,9 @@ class BundleRunner:
 def load(bundle: Path | str, threads: Optional[int] = None, backend: Optional[str] = None) -> BundleRunner:
     """Verify ``bundle`` (manifest and sha256 of every file) and return its runner.
 
-    ``backend``: None runs the bundle's own (a TensorRT bundle falls back to its ONNX files with a
-    warning where TensorRT or a GPU is missing); "onnxruntime" always runs the ONNX files;
-    "tensorrt" requires the engines to run here.
+    ``backend``: None runs the bundle's own (a TensorRT or TensorRT for RTX bundle falls back to its
+    ONNX files with a warning where its TensorRT or a GPU is missing); "onnxruntime" always runs
+    the ONNX files; "tensorrt" / "tensorrt-rtx" require the bundle's engines to run here.
     """
     directory = Path(bundle)
     return BundleRunner(directory, read_manifest(directory), threads, backend)

@@ -10,13 +10,12 @@ token is ever dropped by dispatch.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from ..backends.base import StageCall
 from .buckets import pick_bucket, split_by_count
 
 
@@ -41,18 +40,6 @@ class DispatchStats:
 
     def padding_overhead(self, stage: int) -> float:
         return 1.0 - self.used[stage] / self.slots[stage] if self.slots[stage] else 0.0
-
-
-StageCall = Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]
-
-
-def ort_stage_calls(
-    directory: Path, stages: list[dict[str, Any]], file_key: str, threads: Optional[int] = None
-) -> list[StageCall]:
-    """One ONNX Runtime session per stage file: ``call(output_names, feed) → outputs``."""
-    from ..backends.onnxruntime import load
-
-    return [load(directory / s[file_key], threads).session.run for s in stages]
 
 
 class StagedRunner:

@@ -2,8 +2,9 @@
 
 Polygraphy does the running and the numeric check: a ``TorchRunner`` (eager GraphModule on
 the CPU; Polygraphy's own PytRunner needs CUDA) and an ``OnnxrtRunner`` over the file the
-bundle's ONNX Runtime backend executes (a ``TrtRunner`` over the engine of a TensorRT bundle where
-TensorRT runs; staged bundles go through the staged runner), driven by ``Comparator.run``.
+bundle's ONNX Runtime backend executes, or, for a staged bundle or one whose engines run here
+(TensorRT, TensorRT for RTX), a runner over the bundle as ``tokcompile.load`` runs it, driven by
+``Comparator.run``.
 
 The reference (``--reference``) is the fp32 eager model by default for reduced-precision
 bundles, answering what a deployer asks: how often does fp16 change a token selection relative
@@ -41,7 +42,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 
 from .. import _defaults
-from ..backends import tensorrt as trt_backend
+from ..backends import REFERENCE, get_backend
 from ..errors import TokcompileError
 from ..passes._outputs import named_outputs
 from ..runtime.bundle import read_manifest
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 
 class StagedBundleRunner(BaseRunner):
-    """Polygraphy runner over a staged bundle (stage files + bucket dispatch, ONNX Runtime or TensorRT)."""
+    """Polygraphy runner over a bundle as ``tokcompile.load`` runs it (stage files + bucket dispatch)."""
 
     def __init__(
         self, directory: Path, input_name: str, input_shape: tuple[int, ...], backend: str = "onnxruntime"
@@ -315,10 +316,11 @@ def compare(
     directory = Path(bundle)
     manifest = read_manifest(directory)
     stage = manifest["stages"][0]
-    # A TensorRT bundle runs its engines where TensorRT and a GPU are present, its ONNX files elsewhere.
-    unavailable = trt_backend.available(torch_cuda=True) if manifest["backend"] == "tensorrt" else "not built"
-    backend = "tensorrt" if unavailable is None else "onnxruntime"
-    precision = manifest["precision"] if backend == "tensorrt" else stage["onnxruntime_precision"]
+    # A bundle runs its engines where its backend runs here, its ONNX files (ONNX Runtime) elsewhere.
+    built = get_backend(manifest["backend"])
+    unavailable = built.unavailable(manifest)
+    backend = built if unavailable is None else get_backend(REFERENCE)
+    precision = stage["onnxruntime_precision"] if backend.name == REFERENCE else manifest["precision"]
     if reference is None:
         reference = _defaults.COMPARE_REFERENCE if manifest["precision"] != "fp32" else "same"
     if reference not in REFERENCES:
@@ -338,15 +340,11 @@ def compare(
     input_name = stage["inputs"][0]
     feeds = [OrderedDict([(input_name, x)]) for x in data]
     outputs = info.get("outputs") or named_outputs(gm)
-    if len(manifest["stages"]) == 1 and backend == "tensorrt":
-        from polygraphy.backend.trt import TrtRunner
-
-        bundle_runner = TrtRunner(trt_backend.load_engine(directory, stage, manifest), name="tensorrt")
-    elif len(manifest["stages"]) == 1:
+    if len(manifest["stages"]) == 1 and backend.name == REFERENCE:
         onnx_path = directory / stage["onnxruntime_file"]
         bundle_runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxruntime")
     else:
-        bundle_runner = StagedBundleRunner(directory, input_name, shape, backend)
+        bundle_runner = StagedBundleRunner(directory, input_name, shape, backend.name)
     count = sum(len(x) for x in data)
     with bars_and_logs(progress), progress_bar(2 * count, f"compare {directory.name}", progress, leave=False) as bar:
         runners = [_count_inferences(r, bar) for r in (TorchRunner(gm, input_name, shape, outputs), bundle_runner)]
@@ -406,8 +404,8 @@ def compare(
                 _rows(results, agreeing, "logits"), compare_func=simple(atol=atol, rtol=0.0)
             )
         report.polygraphy_passed = bool(accuracy)
-    if manifest["backend"] == "tensorrt" and backend != "tensorrt":
-        report.notes.append(f"note: TensorRT cannot run here ({unavailable}); compared the bundle's ONNX files")
+    if backend is not built:
+        report.notes.append(f"note: {built.label} cannot run here ({unavailable}); compared the bundle's ONNX files")
     if precision != manifest["precision"]:
         report.notes.append(
             f"note: ONNX Runtime cannot run the {manifest['precision']} graph on this CPU; compared its fp32 twin"
