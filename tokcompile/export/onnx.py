@@ -63,8 +63,8 @@ def scoped_function(fn: onnx.FunctionProto) -> onnx.FunctionProto:
 
     rename(scoped.input)
     rename(scoped.output)
-    for node in scoped.node:
-        node.name = prefix + node.name
+    for i, node in enumerate(scoped.node):
+        node.name = prefix + (node.name or f"{node.op_type}_{i}")
         rename(node.input)
         rename(node.output)
     for value in scoped.value_info:
