@@ -10,8 +10,9 @@ and ONNX parser; engines are built ahead of time for ``--sm``, no GPU needed):
   parser aborts on plugin layers) and the parser's "A node named ... already exists" warnings;
 * build one engine with exactly the stage's planned profiles (``tensorrt_plan``: one per bucket
   plus the catch-all): build ok, seconds, engine MB, and the layers of the built engine (the
-  builder's own "Layers:" listing at ProfilingVerbosity.DETAILED; no engine inspector is
-  needed, which would need a GPU to deserialize the engine).
+  builder's own "Layers:" listing at ProfilingVerbosity.DETAILED, which lists every profile's
+  graph, divided by the number of profiles; no engine inspector is needed, which would need a
+  GPU to deserialize the engine).
 
 The table gives per-stage figures and per-bundle totals; "x dense" is a bundle's total over the
 dense model's (the stages of a staged bundle together are the whole network).
@@ -71,7 +72,7 @@ class StageFigures:
     built: bool = False
     seconds: float = 0.0
     megabytes: float = 0.0
-    engine_layers: int = 0
+    engine_layers: float = 0.0  # per profile: the listing holds every profile's graph
 
 
 @dataclass
@@ -165,7 +166,7 @@ def measure_stage(path: Path, plan: list[dict], sm: str, build: bool = True) -> 
         return fig
     fig.megabytes = engine.nbytes / 1e6
     listing = [m for _, m in log.messages if m.startswith("Layers:")]
-    fig.engine_layers = len(ENGINE_LAYER.findall(listing[-1])) if listing else 0
+    fig.engine_layers = len(ENGINE_LAYER.findall(listing[-1])) / len(plan) if listing else 0.0
     return fig
 
 
@@ -179,7 +180,7 @@ def measure_bundle(bundle: Path, method: str, precision: str, sm: str, build: bo
             f"  {method:7s} {precision} {fig.file:12s} parse {'ok' if fig.parsed else 'FAIL'} "
             f"layers {fig.layers:5d} (int64 {fig.int64_layers:5d}) dup {fig.duplicate_names:3d} "
             f"plugins {fig.plugin_layers} build {'ok' if fig.built else 'FAIL'} ({fig.profiles} profiles) "
-            f"{fig.seconds:5.1f} s {fig.megabytes:6.1f} MB engine layers {fig.engine_layers}"
+            f"{fig.seconds:5.1f} s {fig.megabytes:6.1f} MB engine layers/profile {fig.engine_layers:.0f}"
             + (f"  ERROR {fig.error}" if fig.error else ""),
             flush=True,
         )
@@ -205,7 +206,7 @@ def table(results: list[BundleFigures]) -> str:
     dense = {r.precision: r for r in results if r.method == "none"}
     lines = [
         "| method | precision | stages | parse | build | layers (per stage) | layers | x dense | int64 layers | "
-        "engine layers | x dense | engine MB | x dense | build s | dup names |",
+        "engine layers/profile | x dense | engine MB | x dense | build s | dup names |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -218,7 +219,7 @@ def table(results: list[BundleFigures]) -> str:
             f"| {r.method} | {r.precision} | {len(r.stages)} | {sum(s.parsed for s in r.stages)}/{len(r.stages)} | "
             f"{sum(s.built for s in r.stages)}/{len(r.stages)} | {' '.join(str(s.layers) for s in r.stages)} | "
             f"{int(r.total('layers'))} | {ratio('layers')} | {int(r.total('int64_layers'))} | "
-            f"{int(r.total('engine_layers'))} | {ratio('engine_layers')} | {r.total('megabytes'):.1f} | "
+            f"{r.total('engine_layers'):.0f} | {ratio('engine_layers')} | {r.total('megabytes'):.1f} | "
             f"{ratio('megabytes')} | {r.total('seconds'):.1f} | {int(r.total('duplicate_names'))} |"
         )
     return "\n".join(lines)

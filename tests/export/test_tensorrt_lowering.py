@@ -72,7 +72,7 @@ def inline_like_tensorrt(model: onnx.ModelProto) -> Inlined:
                 out.owner.update({n.name: fn.name for n in fn.node})
             out.node_names.append(node.name)
             for value in node.output:
-                if value == "_":
+                if value.split("/")[-1] == "_":
                     out.problems.append(f"{where}: a value is named '_' ({node.op_type} {node.name})")
                 if value and value in produced | inputs:
                     out.problems.append(f"{where}: value '{value}' is produced twice")

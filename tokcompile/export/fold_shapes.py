@@ -9,7 +9,8 @@ about 70 % of every network's layers. This pass knows the static dimensions (the
 
 * ``Shape(x)`` (optionally ``start``/``end``) and ``Slice``/``Gather``/``Concat``/``Squeeze``/
   ``Unsqueeze`` on such shape vectors: tracked symbolically; a vector whose values are all static
-  becomes an initializer of the same name;
+  becomes an initializer of the same name, and a contiguous ``Slice``/``Gather`` of a ``Shape``
+  that keeps a dynamic value becomes ``Shape(x, start, end)`` (2 parser layers, not ~27);
 * ``Reshape(x, shape)`` whose target holds exactly one non-static value: that value becomes -1
   (Reshape infers it from the element count), the target an initializer;
 * ``Slice(x, starts, ends, axes, steps)`` with constant parameters on static axes of a tensor:
@@ -75,6 +76,7 @@ class _Folder:
             k: [int(x) for x in v.reshape(-1)] for k, v in self.consts.items() if v.dtype == np.int64 and v.ndim <= 1
         }
         self.scalars = {k for k, v in self.consts.items() if v.dtype == np.int64 and v.ndim == 0}
+        self.shape_of: dict[str, tuple[str, int]] = {}  # Shape output → (its input, first dim it holds)
         self.initializers: list[onnx.TensorProto] = []
         self.folded = 0
 
@@ -123,6 +125,8 @@ class _Folder:
         if op == "Shape" and ins[0] in self.shapes:
             dims = self.shapes[ins[0]]
             picked = _indices(len(dims), attrs.get("start", 0), attrs.get("end", len(dims)), 1)
+            if picked:
+                self.shape_of[node.output[0]] = (ins[0], picked[0])
             return [] if self.fold_vector(node, [dims[i] for i in picked]) else [node]
         if op == "Concat" and all(i in vec and i not in self.scalars for i in ins):
             return [] if self.fold_vector(node, [v for i in ins for v in vec[i]]) else [node]
@@ -136,8 +140,10 @@ class _Folder:
             index = self.consts[ins[1]]
             if index.ndim <= 1 and ins[0] not in self.scalars:
                 values = vec[ins[0]]
-                picked = [values[int(i)] for i in index.reshape(-1)]
-                return [] if self.fold_vector(node, picked, scalar=index.ndim == 0) else [node]
+                positions = [int(i) % len(values) for i in index.reshape(-1)]
+                if self.fold_vector(node, [values[i] for i in positions], scalar=index.ndim == 0):
+                    return []
+                return self.sub_shape(node, positions, squeeze=index.ndim == 0)
         if op == "Slice":
             params = self.params(node)
             if params is None:
@@ -146,7 +152,7 @@ class _Folder:
             if ins[0] in vec and ins[0] not in self.scalars and axes in ([0], [-1]):
                 values = vec[ins[0]]
                 picked = _indices(len(values), starts[0], ends[0], steps[0])
-                return [] if self.fold_vector(node, [values[i] for i in picked]) else [node]
+                return [] if self.fold_vector(node, [values[i] for i in picked]) else self.sub_shape(node, picked)
             return self.slice_to_gather(node, params)
         if op == "Reshape" and ins[1] in vec and ins[1] not in self.consts and not attrs.get("allowzero", 0):
             target = vec[ins[1]]
@@ -157,6 +163,26 @@ class _Folder:
                 self.folded += 1
                 return [helper.make_node("Reshape", [ins[0], name], list(node.output), name=node.name)]
         return [node]
+
+    def sub_shape(self, node: onnx.NodeProto, positions: list[int], squeeze: bool = False) -> list[onnx.NodeProto]:
+        """``node`` picks the contiguous ``positions`` of a Shape output: read them with one
+        ``Shape(x, start, end)`` instead (a Squeeze after it for a scalar Gather)."""
+        source = self.shape_of.get(node.input[0])
+        if source is None or not positions or positions != list(range(positions[0], positions[-1] + 1)):
+            return [node]
+        tensor, offset = source
+        start, end = offset + positions[0], offset + positions[-1] + 1
+        self.folded += 1
+        if not squeeze:
+            self.shape_of[node.output[0]] = (tensor, start)
+            return [helper.make_node("Shape", [tensor], list(node.output), name=node.name, start=start, end=end)]
+        vector = self.fresh(f"{node.output[0]}_1d")
+        axes = self.fresh(f"{node.output[0]}_axes")
+        self.constant(axes, np.array([0], dtype=np.int64))
+        return [
+            helper.make_node("Shape", [tensor], [vector], name=self.fresh(f"{node.name}_shape"), start=start, end=end),
+            helper.make_node("Squeeze", [vector, axes], list(node.output), name=node.name),
+        ]
 
     def slice_to_gather(self, node: onnx.NodeProto, params: list[list[int]]) -> list[onnx.NodeProto]:
         dims = self.shapes.get(node.input[0])

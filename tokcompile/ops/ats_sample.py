@@ -308,7 +308,8 @@ ats_sample = torch.ops.tokcompile.ats_sample.default
 # pairwise (score, position) rank (Less/Equal/And/Or + ReduceSum + ScatterElements), int64
 # CumSum, ReduceMin, and ScatterElements without reduction whose indices are never longer than
 # their data (the picked-slot mask is an Equal + ReduceMax over [B, M, n], not a scatter of M
-# picks into n slots, which TensorRT's builder rejects when M > n).
+# picks into n slots, which TensorRT's builder rejects when M > n). No Slice/Range/Expand (each
+# 13-30 int64 layers in TensorRT's parser): positions and 0..M-1 are cumulative sums.
 # The TensorRT ONNX parser inlines the body unless the node carries the plugin attributes
 # (--plugins on, ops/_lowering.py) and a plugin AtsSample is registered in that namespace.
 
@@ -396,7 +397,7 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
         A = op.Where(regular, A, zero_s)
 
         # y_i · D · T = A · T + (D - A) · i, i = 0..M-1 (step 5); nearest E_k, first index on ties.
-        steps = op.Range(zero_s, num, one_s)  # [M]
+        steps = op.Sub(op.CumSum(op.ConstantOfShape(op.Unsqueeze(num, zero), value=[1]), zero_s), one_s)  # [M]: 0..M-1
         y = op.Add(op.Mul(A, T), op.Mul(op.Sub(D, A), steps))  # [B, M]
         dist = op.Abs(op.Sub(op.Unsqueeze(y, two), op.Unsqueeze(op.Mul(cum, T), one)))  # [B, M, n]
         dist = op.Where(op.Unsqueeze(slot_valid, one), dist, far)
@@ -414,7 +415,7 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
         sampled_count = op.Add(op.ReduceSum(picked_i, one, keepdims=0), one_s)  # [B]
 
         # Degenerate images (D == 0): keep every scored token, in sorted order.
-        shifted = op.Concat(op.Slice(zeros, zero, one, one), op.Slice(order, zero, last, one), axis=1)
+        shifted = op.GatherElements(order, op.Max(op.Sub(pos, one_s), zero_s), axis=1)  # order[p - 1]
         in_range = op.And(op.GreaterOrEqual(pos, one_s), op.LessOrEqual(pos, m))
         everything = op.Where(in_range, shifted, zero_s)
         rows = op.Where(regular, sampled, everything)

@@ -89,8 +89,8 @@ evit_select = torch.ops.tokcompile.evit_select.default
 # body is plain ONNX (TopK, GatherND, ScatterElements without reduction, MatMul, Concat). It is
 # written for the TensorRT parser, which turns every Slice/Range/Expand into 15-30 int64 shape
 # layers: positions come from a CumSum of ones, the prefix is masked rather than sliced off, and
-# the kept tokens are gathered with GatherND (batch_dims=1) rather than an expanded index. Two
-# Slices remain (the prefix tokens, and the fused token's 0/1 width). The TensorRT ONNX parser
+# the kept tokens are gathered with GatherND (batch_dims=1) rather than an expanded index, and the
+# prefix / fused rows with Gathers of attribute-length index vectors. The TensorRT ONNX parser
 # inlines the body unless the node carries the plugin attributes (--plugins on, ops/_lowering.py)
 # and a plugin EvitSelect is registered in that namespace.
 
@@ -104,6 +104,8 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
     def EvitSelect(x, attn: FLOAT, k: int, num_prefix: int, fuse: int):
         axis1 = op.Constant(value_ints=[1])
         zero = op.Constant(value_ints=[0])
+        zero_s = op.Constant(value_int=0)
+        one_s = op.Constant(value_int=1)
         zero_f = op.Constant(value_float=0.0)
         one_f = op.Constant(value_float=1.0)
         neg_inf = op.Constant(value_float=float("-inf"))
@@ -112,14 +114,19 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
         scores = op.ReduceMean(attn, axis1, keepdims=0)  # [B, N]
         place = op.CumSum(op.Add(op.Mul(scores, zero_f), one_f), op.Constant(value_int=1))  # [B, N]: 1..N
         is_prefix = op.LessOrEqual(place, op.Cast(prefix, to=1))
-        _, idx = op.TopK(op.Where(is_prefix, neg_inf, scores), op.Unsqueeze(op.Constant(value_int=k), zero), axis=1)
+        top_values, idx = op.TopK(
+            op.Where(is_prefix, neg_inf, scores), op.Unsqueeze(op.Constant(value_int=k), zero), axis=1
+        )
         kept = op.GatherND(x, op.Unsqueeze(idx, op.Constant(value_ints=[-1])), batch_dims=1)  # [B, k, C]
         # Dropped tokens keep their raw attention weight; kept and prefix tokens get 0.
         rest = op.Where(is_prefix, zero_f, scores)
-        dropped = op.ScatterElements(rest, idx, op.Mul(op.Cast(idx, to=1), zero_f), axis=1)
+        dropped = op.ScatterElements(rest, idx, op.Mul(top_values, zero_f), axis=1)
         extra = op.CastLike(op.MatMul(op.Unsqueeze(dropped, axis1), op.Cast(x, to=1)), x)  # [B, 1, C]
-        extra = op.Slice(extra, zero, op.Unsqueeze(op.Constant(value_int=fuse), zero), axis1)  # [B, fuse, C]
-        out = op.Concat(op.Slice(x, zero, prefix_1d, axis1), kept, extra, axis=1)
+        # The first `fuse` rows of extra, and the prefix rows 0..P-1 of x, as Gathers of index
+        # vectors of attribute length (ConstantOfShape + CumSum), not Slices.
+        extra = op.Gather(extra, op.ConstantOfShape(op.Unsqueeze(op.Constant(value_int=fuse), zero), value=[0]), axis=1)
+        prefix_rows = op.Sub(op.CumSum(op.ConstantOfShape(prefix_1d, value=[1]), zero_s), one_s)  # [P]: 0..P-1
+        out = op.Concat(op.Gather(x, prefix_rows, axis=1), kept, extra, axis=1)
         return out, idx
 
     return EvitSelect

@@ -43,6 +43,7 @@ When r' = 0 the op is the identity (dest = 0..N-1), as the official ``do_nothing
 
 from __future__ import annotations
 
+import onnx
 import onnxscript
 import torch
 from onnxscript import FLOAT
@@ -148,6 +149,13 @@ tome_merge = torch.ops.tokcompile.tome_merge.default
 # CumSum, and only the output length N - r' is shape arithmetic.
 
 
+def _rank3(value: float) -> onnx.TensorProto:
+    return onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1, 1, 1], [value])
+
+
+_ZERO, _HALF, _ONE, _NEG_INF = (_rank3(v) for v in (0.0, 0.5, 1.0, float("-inf")))
+
+
 def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
     """The function body for the node, with ``default_opset`` equal to the model's opset."""
     if opset_version != 18:
@@ -159,18 +167,21 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
         tokens = op.Constant(value_int=1)
         zero_s = op.Constant(value_int=0)
         two_s = op.Constant(value_int=2)
-        zero_f = op.Constant(value_float=0.0)
-        half_f = op.Constant(value_float=0.5)
-        one_f = op.Constant(value_float=1.0)
-        neg_inf = op.Constant(value_float=float("-inf"))
+        # Float constants have the operands' rank 3: TensorRT's parser adds a broadcast layer to
+        # every elementwise op whose operands differ in rank.
+        rank3 = op.Constant(value_ints=[1, 1, 1])
+        zero_f = op.Constant(value=_ZERO)
+        half_f = op.Constant(value=_HALF)
+        one_f = op.Constant(value=_ONE)
+        neg_inf = op.Constant(value=_NEG_INF)
         p_s = op.Constant(value_int=num_prefix)
-        prefix = op.Cast(p_s, to=1)
+        prefix = op.Reshape(op.Cast(p_s, to=1), rank3)
 
         # N and r' = min(r, (N - P) // 2) (>= 0) as shape values: r' sets the output length.
         n_s = op.Shape(x, start=1, end=2)  # [1]
         r_s = op.Max(op.Min(op.Constant(value_int=r), op.Div(op.Sub(n_s, p_s), two_s)), zero_s)
-        r_f = op.Cast(r_s, to=1)
-        n_f = op.Cast(n_s, to=1)
+        r_f = op.Reshape(op.Cast(r_s, to=1), rank3)
+        n_f = op.Reshape(op.Cast(n_s, to=1), rank3)
 
         # Positions p = 0..N-1 ([B, N, 1], float holds them exactly; sizes are >= 1, so size/size = 1).
         p = op.Sub(op.CumSum(op.Div(size, size), tokens), one_f)
@@ -209,7 +220,7 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
 
         # Merge: M[b, o, n] = dest[b, n] == o; size_out = M·size; x_out = (M ⊙ sizeᵀ / size_out)·x.
         outputs = op.CumSum(op.ConstantOfShape(op.Sub(n_s, r_s), value=[1.0]), zero_s)  # [N - r']: 1..N-r'
-        out_pos = op.Unsqueeze(op.Sub(outputs, one_f), axis_last)  # [N - r', 1]
+        out_pos = op.Unsqueeze(op.Sub(outputs, op.Constant(value_float=1.0)), axis_last)  # [N - r', 1]
         assign = op.Cast(op.Equal(op.Transpose(dest, perm=[0, 2, 1]), out_pos), to=1)  # [B, N-r, N]
         size_out = op.MatMul(assign, size)  # [B, N-r, 1]
         weight = op.Div(op.Mul(assign, op.Transpose(size, perm=[0, 2, 1])), size_out)
