@@ -33,7 +33,19 @@ from tokcompile.methods import apply_method, get_method, resolve_config
 from tokcompile.models import create_model
 from tokcompile.ops.ats_sample import ats_sample, ats_sample_float64_one
 from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
-from tokcompile.verify.images import image_batches
+
+try:  # main after issue 12 keeps the images in tokcompile.data, read with a model's preprocessing
+    from tokcompile.data.images import image_batches, preprocessing
+
+    def batches(images: str, spec: Any, batch: int, limit: int | None) -> Any:
+        return image_batches(images, preprocessing(spec.name, spec.input_shape), batch, limit=limit)
+
+except ImportError:  # before it (this branch): tokcompile.verify.images, by timm name
+    from tokcompile.verify.images import image_batches
+
+    def batches(images: str, spec: Any, batch: int, limit: int | None) -> Any:
+        return image_batches(images, spec.name, batch, limit=limit)
+
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 
@@ -88,7 +100,7 @@ def measure(name: str, args: argparse.Namespace) -> None:
     seen: dict[int, int] = defaultdict(int)
     naive: dict[int, int] = defaultdict(int)
     with torch.no_grad():
-        for batch in image_batches(args.images, spec.name, args.batch, limit=args.limit):
+        for batch in batches(args.images, spec, args.batch, args.limit):
             tap = _Tap(gm)
             tap.run(torch.from_numpy(batch))
             images += batch.shape[0]

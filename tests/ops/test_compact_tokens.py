@@ -7,10 +7,9 @@ computed with Python's ``sorted``; it shares no code with ``tokcompile.ops.compa
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
+from function_body import run_function_body
 from onnx import TensorProto, helper
 
 from tokcompile.ops.compact_tokens import ONNX_NAME, compact_tokens, onnx_function
@@ -43,26 +42,16 @@ def test_op_follows_the_contract(seed: int) -> None:
 
 
 def _run_body(keep: torch.Tensor) -> list[np.ndarray]:
-    n = keep.shape[1]
-    graph = helper.make_graph(
-        [helper.make_node(ONNX_NAME, ["keep"], ["rows", "count"], domain="tokcompile")],
-        "compact_tokens",
+    return run_function_body(
+        onnx_function,
+        helper.make_node(ONNX_NAME, ["keep"], ["rows", "count"], domain="tokcompile"),
         [helper.make_tensor_value_info("keep", TensorProto.BOOL, ["B", "n"])],
         [
             helper.make_tensor_value_info("rows", TensorProto.INT64, ["B", "n"]),
             helper.make_tensor_value_info("count", TensorProto.INT64, ["B"]),
         ],
+        {"keep": keep.numpy()},
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("tokcompile", 1)],
-        functions=[onnx_function(18).to_function_proto()],
-        ir_version=10,
-    )
-    onnx.checker.check_model(model, full_check=True)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert n == keep.shape[1]
-    return session.run(None, {"keep": keep.numpy()})
 
 
 @pytest.mark.parametrize(("seed", "n"), [(0, 37), (1, 197), (2, 2)])

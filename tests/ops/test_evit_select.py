@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
+from function_body import run_function_body
 from onnx import TensorProto, helper
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -232,9 +231,9 @@ def _run_body(x: torch.Tensor, attn: torch.Tensor, k: int, P: int, fuse: bool) -
     B, N, C = x.shape
     node = helper.make_node(ONNX_NAME, ["x", "attn"], ["out", "kept"], domain="tokcompile", k=k, num_prefix=P)
     node.attribute.append(helper.make_attribute("fuse", int(fuse)))
-    graph = helper.make_graph(
-        [node],
-        "evit_select",
+    return run_function_body(
+        onnx_function,
+        node,
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", N, C]),
             helper.make_tensor_value_info("attn", TensorProto.FLOAT, ["B", attn.shape[1], N]),
@@ -243,16 +242,8 @@ def _run_body(x: torch.Tensor, attn: torch.Tensor, k: int, P: int, fuse: bool) -
             helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", P + k + int(fuse), C]),
             helper.make_tensor_value_info("kept", TensorProto.INT64, ["B", k]),
         ],
+        {"x": x.numpy(), "attn": attn.numpy()},
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("tokcompile", 1)],
-        functions=[onnx_function(18).to_function_proto()],
-        ir_version=10,
-    )
-    onnx.checker.check_model(model, full_check=True)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x.numpy(), "attn": attn.numpy()})
 
 
 @pytest.mark.parametrize(
