@@ -64,7 +64,7 @@ ONNX_DOMAIN = "tokcompile"  # custom ONNX nodes and their functions
 PLUGIN_NAMESPACE = "tokcompile"
 PLUGIN_VERSION = "1"
 # --plugins: which token-op nodes carry the plugin attributes (ops/_lowering.py). auto: only ops
-# without an exact native lowering (AtsSample); native TensorRT layers everywhere else.
+# without an exact native lowering (none today); native TensorRT layers everywhere else.
 PLUGINS = "auto"
 PLUGIN_LIBRARY = "libtokcompile_plugins.so"  # self-registering build of plugins/ (CMakeLists.txt)
 

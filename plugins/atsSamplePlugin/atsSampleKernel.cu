@@ -1,21 +1,23 @@
 /*
  * AtsSample: ATS inverse-transform sampling with per-image de-duplication, one block per image.
- * Contract, semantics and rounding policy: atsSampleKernel.h and tokcompile/ops/ats_sample.py.
+ * Contract, semantics and arithmetic: atsSampleKernel.h and tokcompile/ops/ats_sample.py.
  *
  * Steps (each separated by a block barrier):
- *   1. one warp per token: s_j = float(Σ_h attn) · float(sqrt(Σ v²)), both sums in double;
- *   2. total = float(Σ_j s_j in double), m = #scored tokens; s_j /= total;
+ *   1. one warp per token: s_j = float(Σ_h attn) · sqrt(float(Σ v²)), both sums exact in int64
+ *      fixed point (a power-of-two scale per sum from its largest term), rounded once to float;
+ *   2. m = #scored tokens, the largest score and from it the integer-weight scale;
  *   3. stable ascending rank of key_j = (scored ? s_j : +inf), order[rank_j] = j (the ranks are
  *      a permutation); O(n^2 / threads) comparisons (n = 197: one token, 197 per thread);
- *   4. cdf = inclusive scan of s[order] in double (chunked block scan), rounded once to float;
- *   5. degenerate images (span <= 0) keep every scored token; otherwise cdfn, y0, and one thread
- *      per sample finds its nearest cdfn slot by a full scan of the m slots (first index on ties,
- *      as torch.argmin; no assumption that cdfn or the picks are monotone): O(M m / threads);
+ *   4. E = inclusive scan of the integer weights w[order] (int64, exact), minus w[order[0]];
+ *   5. degenerate images (E[m-1] == 0) keep every scored token; otherwise one thread per sample
+ *      finds its nearest slot by a full scan of the m slots in exact int64 arithmetic (first
+ *      index on ties, as the reference): O(M m / threads);
  *   6. picked slots are compacted in slot order by an inclusive scan of the picked flags.
  */
 #include "atsSamplePlugin/atsSampleKernel.h"
 #include "common/tokcompileKernelUtils.cuh"
 
+#include <climits>
 #include <cmath>
 
 namespace tokcompile
@@ -28,8 +30,14 @@ namespace
 constexpr int kAtsThreads = 256;
 constexpr int kAtsWarps = kAtsThreads / kWarpSize;
 
-// Shared memory per token: cdf (double), s, cdfn / sort key (float), order, picked (int).
-constexpr size_t kAtsSmemPerToken = sizeof(double) + 2 * sizeof(float) + 2 * sizeof(int);
+// ops/ats_sample.py: SUM_BITS, WEIGHT_BUDGET, EXP_MIN, EXP_MAX.
+constexpr int kSumBits = 40;
+constexpr int kWeightBudget = 61;
+constexpr int kExpMin = -60;
+constexpr int kExpMax = 127;
+
+// Shared memory per token: E (int64), s, sort key (float), order, picked (int).
+constexpr size_t kAtsSmemPerToken = sizeof(long long) + 2 * sizeof(float) + 2 * sizeof(int);
 
 // True when (a, i) sorts before (b, j) in a stable ascending sort that puts NaN last, as
 // torch.sort(stable=True) does.
@@ -53,19 +61,59 @@ __device__ __forceinline__ bool isTrue(int32_t v)
     return v != 0;
 }
 
+// floor(log2(x)) of x >= 0, clamped to [kExpMin, kExpMax]; kExpMin for 0 (the reference's _exponent).
+__device__ __forceinline__ int floorLog2(float x)
+{
+    if (!(x > 0.0F))
+    {
+        return kExpMin;
+    }
+    int e = 0;
+    frexpf(x, &e);
+    return min(max(e - 1, kExpMin), kExpMax);
+}
+
+// 2^k, exactly (k stays in [-100, 127]: a normal float).
+__device__ __forceinline__ float pow2(int k)
+{
+    return ldexpf(1.0F, k);
+}
+
+// floor(x · scale) as int64; x · scale is exact (scale is a power of two, no overflow).
+__device__ __forceinline__ long long fixedPoint(float x, float scale)
+{
+    return static_cast<long long>(floorf(__fmul_rn(x, scale)));
+}
+
+struct MaxOp
+{
+    __device__ __forceinline__ float operator()(float a, float b) const
+    {
+        return fmaxf(a, b);
+    }
+};
+
+struct MinInt64Op
+{
+    __device__ __forceinline__ long long operator()(long long a, long long b) const
+    {
+        return a < b ? a : b;
+    }
+};
+
 template <typename TV, typename TM>
 __global__ void __launch_bounds__(kAtsThreads)
     atsSampleKernel(float const* __restrict__ attn, TV const* __restrict__ v, TM const* __restrict__ valid,
         int64_t* __restrict__ rows, int64_t* __restrict__ count, int numHeads, int n, int headDim, int numSamples)
 {
     extern __shared__ __align__(16) unsigned char tokSmem[];
-    double* cdf = reinterpret_cast<double*>(tokSmem); // [n]; later reused as int positions
-    float* s = reinterpret_cast<float*>(cdf + n);     // [n] scores, by position
-    float* cdfn = s + n;                              // [n] sort keys, then normalised cdf, by slot
-    int* order = reinterpret_cast<int*>(cdfn + n);    // [n] slot -> position
-    int* picked = order + n;                          // [n] scored flag by position, then picked flag by slot
+    long long* cum = reinterpret_cast<long long*>(tokSmem); // [n] E by slot; later reused as int positions
+    float* s = reinterpret_cast<float*>(cum + n);             // [n] scores, by position
+    float* key = s + n;                                       // [n] sort keys, by position
+    int* order = reinterpret_cast<int*>(key + n);             // [n] slot -> position
+    int* picked = order + n;                                  // [n] scored flag by position, then picked flag by slot
 
-    __shared__ double scratchD[kAtsWarps];
+    __shared__ long long scratchL[kAtsWarps];
     __shared__ float scratchF[kAtsWarps];
     __shared__ int scratchI[kAtsWarps];
 
@@ -78,31 +126,52 @@ __global__ void __launch_bounds__(kAtsThreads)
     TM const* validB = valid + static_cast<int64_t>(b) * n;
     int64_t* rowsB = rows + static_cast<int64_t>(b) * n;
 
-    // 1. Raw scores. Padded tokens are never read (their v may hold anything).
+    // 1. Scores from exact sums. Padded tokens are never read (their v may hold anything).
     for (int j = warp; j < n; j += kAtsWarps)
     {
         bool const scored = j > 0 && isTrue(validB[j]); // warp-uniform
         float sj = 0.0F;
         if (scored)
         {
-            double sq = 0.0;
+            float attnMax = 0.0F;
+            for (int h = lane; h < numHeads; h += kWarpSize)
+            {
+                attnMax = fmaxf(attnMax, attnB[static_cast<int64_t>(h) * n + j]);
+            }
+            int const attnExp = floorLog2(warpAllReduce(attnMax, MaxOp{}));
+            float const attnScale = pow2(kSumBits - attnExp);
+            long long attnSum = 0;
+            for (int h = lane; h < numHeads; h += kWarpSize)
+            {
+                attnSum += fixedPoint(attnB[static_cast<int64_t>(h) * n + j], attnScale);
+            }
+            float sqMax = 0.0F;
             for (int h = 0; h < numHeads; ++h)
             {
                 TV const* row = vB + (static_cast<int64_t>(h) * n + j) * headDim;
                 for (int d = lane; d < headDim; d += kWarpSize)
                 {
-                    double const e = static_cast<double>(toFloat(row[d]));
-                    sq += e * e;
+                    float const e = toFloat(row[d]);
+                    sqMax = fmaxf(sqMax, __fmul_rn(e, e));
                 }
             }
-            double headSum = 0.0;
-            for (int h = lane; h < numHeads; h += kWarpSize)
+            int const sqExp = floorLog2(warpAllReduce(sqMax, MaxOp{}));
+            float const sqScale = pow2(kSumBits - sqExp);
+            long long sqSum = 0;
+            for (int h = 0; h < numHeads; ++h)
             {
-                headSum += static_cast<double>(attnB[static_cast<int64_t>(h) * n + j]);
+                TV const* row = vB + (static_cast<int64_t>(h) * n + j) * headDim;
+                for (int d = lane; d < headDim; d += kWarpSize)
+                {
+                    float const e = toFloat(row[d]);
+                    sqSum += fixedPoint(__fmul_rn(e, e), sqScale);
+                }
             }
-            sq = warpAllReduce(sq, SumOp{});
-            headSum = warpAllReduce(headSum, SumOp{});
-            sj = __fmul_rn(__double2float_rn(headSum), __double2float_rn(sqrt(sq)));
+            attnSum = warpAllReduce(attnSum, SumOp{}); // integers: exact in any order
+            sqSum = warpAllReduce(sqSum, SumOp{});
+            float const headSum = __fmul_rn(__ll2float_rn(attnSum), pow2(attnExp - kSumBits));
+            float const sq = __fmul_rn(__ll2float_rn(sqSum), pow2(sqExp - kSumBits));
+            sj = __fmul_rn(headSum, __fsqrt_rn(sq));
         }
         if (lane == 0)
         {
@@ -112,50 +181,58 @@ __global__ void __launch_bounds__(kAtsThreads)
     }
     __syncthreads();
 
-    // 2. Normalise; m = number of scored tokens.
-    double partial = 0.0;
+    // 2. m = number of scored tokens; the weight scale 2^(W - e), W = 61 - bitlength(m · T).
+    float maxPartial = 0.0F;
     int scoredPartial = 0;
     for (int j = tid; j < n; j += kAtsThreads)
     {
-        partial += static_cast<double>(s[j]);
+        maxPartial = fmaxf(maxPartial, s[j]);
         scoredPartial += picked[j];
     }
-    float const total = __double2float_rn(blockAllReduce<kAtsThreads>(partial, scratchD, SumOp{}, 0.0));
+    float const sMax = blockAllReduce<kAtsThreads>(maxPartial, scratchF, MaxOp{}, 0.0F);
     int const m = blockAllReduce<kAtsThreads>(scoredPartial, scratchI, SumOp{}, 0);
-    bool const hasTotal = total > 0.0F;
+    long long const T = numSamples > 1 ? numSamples - 1 : 1;
+    long long const mt = max(static_cast<long long>(m) * T, 1LL);
+    int const weightBits = kWeightBudget - (64 - __clzll(mt));
+    float const weightScale = pow2(weightBits - floorLog2(sMax));
     float const inf = __int_as_float(0x7f800000);
     for (int j = tid; j < n; j += kAtsThreads)
     {
-        float const sj = hasTotal ? __fdiv_rn(s[j], total) : 0.0F;
-        s[j] = sj;
-        cdfn[j] = picked[j] != 0 ? sj : inf; // sort key: unscored tokens after every scored one
+        key[j] = picked[j] != 0 ? s[j] : inf; // sort key: unscored tokens after every scored one
     }
     __syncthreads();
 
     // 3. Stable ascending order.
     for (int j = tid; j < n; j += kAtsThreads)
     {
-        float const kj = cdfn[j];
+        float const kj = key[j];
         int rank = 0;
         for (int i = 0; i < n; ++i)
         {
-            rank += sortsBefore(cdfn[i], i, kj, j) ? 1 : 0;
+            rank += sortsBefore(key[i], i, kj, j) ? 1 : 0;
         }
         order[rank] = j;
     }
     __syncthreads();
 
-    // 4. cdf over the sorted scores (unscored slots add 0), in double.
+    // 4. E_k = Σ_{1 <= i <= k} w[order[i]] (unscored slots add 0), exact in int64.
     for (int k = tid; k < n; k += kAtsThreads)
     {
-        cdf[k] = static_cast<double>(s[order[k]]);
+        int const j = order[k];
+        cum[k] = picked[j] != 0 ? fixedPoint(s[j], weightScale) : 0;
     }
-    blockInclusiveScan<kAtsThreads>(cdf, n, scratchD);
-    float const c0 = __double2float_rn(cdf[0]);
-    float const span = __fsub_rn(__double2float_rn(cdf[m > 0 ? m - 1 : 0]), c0);
+    __syncthreads();
+    long long const first = cum[0];
+    blockInclusiveScan<kAtsThreads>(cum, n, scratchL);
+    for (int k = tid; k < n; k += kAtsThreads)
+    {
+        cum[k] -= first;
+    }
+    __syncthreads();
+    long long const D = cum[n - 1];
 
     // 5a. Degenerate image (only CLS, one token, or all scores 0): keep every scored token.
-    if (!(span > 0.0F)) // block-uniform: every thread computed span from the same shared values
+    if (D == 0) // block-uniform: every thread read the same shared value
     {
         for (int p = tid; p < n; p += kAtsThreads)
         {
@@ -168,32 +245,32 @@ __global__ void __launch_bounds__(kAtsThreads)
         return;
     }
 
-    // 5b. Normalised cdf and its smallest positive value y0.
-    float y0Partial = inf;
-    for (int k = tid; k < n; k += kAtsThreads)
+    // 5b. A = y0 · D, the smallest positive E.
+    long long aPartial = LLONG_MAX;
+    for (int k = tid; k < m; k += kAtsThreads)
     {
-        float const c = __fdiv_rn(__fsub_rn(__double2float_rn(cdf[k]), c0), span);
-        cdfn[k] = c;
         picked[k] = 0;
-        if (k < m && c > 0.0F)
+        if (cum[k] > 0)
         {
-            y0Partial = fminf(y0Partial, c);
+            aPartial = min(aPartial, cum[k]);
         }
     }
-    float const y0 = blockAllReduce<kAtsThreads>(y0Partial, scratchF, MinOp{}, inf); // barrier: cdfn complete
+    for (int k = m + tid; k < n; k += kAtsThreads)
+    {
+        picked[k] = 0;
+    }
+    long long const A = blockAllReduce<kAtsThreads>(aPartial, scratchL, MinInt64Op{}, LLONG_MAX); // barrier
 
-    // 5c. One thread per sample: nearest cdfn slot among the m scored ones.
-    float const oneMinusY0 = __fsub_rn(1.0F, y0);
-    double const denominator = static_cast<double>(numSamples > 1 ? numSamples - 1 : 1);
+    // 5c. One thread per sample: y_i · D · T = A · T + (D - A) · i, nearest T · E_k among the m
+    // scored slots (first index on ties). Every value stays below 2^62.
     for (int i = tid; i < numSamples; i += kAtsThreads)
     {
-        float const t = __double2float_rn(__ddiv_rn(static_cast<double>(i), denominator));
-        float const y = __fadd_rn(y0, __fmul_rn(oneMinusY0, t));
-        float best = inf;
+        long long const y = A * T + (D - A) * static_cast<long long>(i);
+        long long best = LLONG_MAX;
         int bestSlot = 0;
         for (int k = 0; k < m; ++k)
         {
-            float const d = fabsf(__fsub_rn(y, cdfn[k]));
+            long long const d = llabs(y - T * cum[k]);
             if (d < best)
             {
                 best = d;
@@ -205,7 +282,7 @@ __global__ void __launch_bounds__(kAtsThreads)
     __syncthreads();
 
     // 6. unique(pick), ascending: compact the picked slots in slot order behind CLS.
-    int* position = reinterpret_cast<int*>(cdf); // cdf is no longer needed
+    int* position = reinterpret_cast<int*>(cum); // E is no longer needed
     for (int k = tid; k < n; k += kAtsThreads)
     {
         position[k] = picked[k];

@@ -1,23 +1,23 @@
 /*
  * AtsSample kernel launcher: ATS inverse-transform token sampling with per-image de-duplication.
  *
- * Semantics, tie-breaking and degenerate cases: tokcompile/ops/ats_sample.py (module docstring
- * and ats_sample_reference), methods-reference.md §3.2 / §3.6. Per image b, over the scored
- * tokens (valid and not CLS, m of them):
+ * Semantics, tie-breaking, degenerate cases and arithmetic: tokcompile/ops/ats_sample.py (module
+ * docstring and ats_sample_reference), methods-reference.md §3.2 / §3.6. Per image b, over the
+ * scored tokens (valid and not CLS, m of them):
  *
- *     s_j    = (Σ_h attn[h, j]) · ||concat_h v[h, j, :]||₂,  s = s / Σ s     (0 if Σ s == 0)
+ *     s_j    = (Σ_h attn[h, j]) · ||concat_h v[h, j, :]||₂
  *     order  = stable ascending sort of s (ties: lower position first; unscored tokens last)
- *     cdf    = cumsum(s[order]);  cdfn = (cdf - cdf[0]) / (cdf[m-1] - cdf[0])
- *     y_i    = y0 + (1 - y0) · t_i,  y0 = min{cdfn > 0},  t_i = i / max(M - 1, 1)
- *     pick_i = argmin_k |y_i - cdfn_k| (first index on ties), keep = unique(pick) ascending
+ *     w      = floor(s[order] · 2^(W - e)), e = floor(log2 max s), W = 61 - bitlength(m · T)
+ *     E_k    = Σ_{1 <= i <= k} w_i,  D = E_{m-1},  A = min{E_k > 0},  T = max(M - 1, 1)
+ *     pick_i = argmin_k |A · T + (D - A) · i - T · E_k| (first index on ties), keep = unique(pick)
  *     rows   = [0, order[keep]..., 0 padding],  count = 1 + |keep|
- *     degenerate (cdf[m-1] == cdf[0], includes m <= 1): rows = [0, order[0..m-1]], count = 1 + m
+ *     degenerate (D == 0, includes m <= 1): rows = [0, order[0..m-1]], count = 1 + m
  *
- * Arithmetic follows the reference exactly: every reduction (Σ_h attn, ||v||², Σ s, the cumsum)
- * accumulates in double and is rounded once to float; everything else is float with one rounding
- * per operation (explicit __f*_rn intrinsics, so nvcc cannot contract y0 + (1 - y0) · t into an
- * FMA); t_i is computed in double and rounded once. Double accumulation makes the float results
- * independent of the reduction order, so the selections match the reference's.
+ * Arithmetic follows the reference exactly: Σ_h attn and Σ v² are exact int64 sums of
+ * floor(x · 2^(40 - e)) (e from the sum's largest term), rounded once to float; every other float
+ * operation is one explicit __f*_rn intrinsic (nvcc cannot contract them into FMAs); the CDF and
+ * the sampling are exact int64. Nothing depends on the reduction order, so the selections match
+ * the reference's (and the ONNX body's on any backend).
  */
 #ifndef TOKCOMPILE_ATS_SAMPLE_KERNEL_H
 #define TOKCOMPILE_ATS_SAMPLE_KERNEL_H

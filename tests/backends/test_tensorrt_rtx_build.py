@@ -6,11 +6,6 @@ through ``tokcompile.build(..., backend="tensorrt-rtx", target_sm="80")``, every
 engine's optimization profiles are checked against shapes this file computes on its own from
 the stage's ONNX inputs (their symbolic dims: batch, tokens, heads, mlp_tokens) and the buckets
 the manifest records for the boundary that feeds the stage. A parse or build failure fails.
-
-Until the ops fixes of issue 9 part 3 are merged, ATS stages with AtsSample fail to build for
-buckets below the full count (ScatterElements indices longer than its data) and A-ViT/AdaViT
-stages fail on CompactTokens' tensor named "_": those cases are strict xfails, which turn into
-failures (XPASS) once the fixes land, so the marks are removed then.
 """
 
 from __future__ import annotations
@@ -39,10 +34,9 @@ FULL = 101  # test_vit: 10×10 patches + CLS
 EXTRA_FULL = {"heads": 2, "mlp_tokens": FULL}
 METHODS = ("none", "evit", "tome", "ats", "avit", "adavit")
 STAGED = ("ats", "avit", "adavit")
-NEEDS_OPS = pytest.mark.xfail(strict=True, raises=EngineBuildError, reason="needs the i9-ops fixes")
 # staged bundles export one file per stage: 25-65 s each on 2 cores, almost all of it torch.onnx.export
 CASES = [
-    pytest.param(m, p, marks=[NEEDS_OPS, pytest.mark.slow] if m in STAGED else (), id=f"{m}-{p}")
+    pytest.param(m, p, marks=[pytest.mark.slow] if m in STAGED else (), id=f"{m}-{p}")
     for m in METHODS
     for p in ("fp32", "fp16")
 ]
@@ -126,7 +120,6 @@ def test_every_stage_builds_with_the_planned_profiles(rtx_bundle, method: str, p
 
 
 @pytest.mark.slow
-@NEEDS_OPS
 def test_deit_t_ats_with_calibrated_buckets(checkpoint, tmp_path) -> None:
     """Real per-image token counts (64 sample photos) give several buckets per boundary; every
     stage builds with one profile per bucket. ATS at blocks 4 and 8 keeps it to three stages."""

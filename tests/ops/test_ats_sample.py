@@ -1,10 +1,14 @@
 """tokcompile::ats_sample against the per-image ATS semantics (methods-reference.md §3.2).
 
-``spec_one`` below is an independent numpy transcription of the §3.2 formulas, including the
-official left-padding of the normalised CDF with zeros to length M (which tokcompile does not
-reproduce: the test checks that the padding never wins the argmin). It follows the rounding
-policy of the op's contract (reductions in float64, rounded once to float32; everything else
-float32) and shares no code with ``tokcompile.ops.ats_sample``.
+Two independent numpy transcriptions, sharing no code with ``tokcompile.ops.ats_sample``:
+
+* ``spec_one``: the op's arithmetic exactly (its module docstring, steps 1-5: float32 scores from
+  exact int64 sums, integer weights, sampling in Python integers), so the op must equal it bit
+  for bit;
+* ``section_3_2_one`` (tests/reference_ats.py): §3.2 as written, in float64, including the official left-padding of the
+  normalised CDF with zeros to length M (which tokcompile does not reproduce: it checks that the
+  padding never wins the argmin). On inputs whose scores are well apart the op selects exactly
+  what it selects (how often they differ on real images: benchmarks/ats_fp32_selection.py).
 """
 
 from __future__ import annotations
@@ -12,10 +16,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference_ats import section_3_2_one
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from tokcompile.errors import TokcompileError
-from tokcompile.ops.ats_sample import ats_sample, ats_sample_reference, ats_sample_reference_one, sample_count
+from tokcompile.ops.ats_sample import (
+    ats_sample,
+    ats_sample_float64_one,
+    ats_sample_reference,
+    ats_sample_reference_one,
+    sample_count,
+)
 
 H, HD = 6, 64
 COUNTS_197 = [197, 150, 101, 60, 37, 10, 3, 2]  # valid tokens per image (CLS included)
@@ -36,38 +47,44 @@ def make_inputs(
     return attn, v, valid
 
 
+def _exact_sum(x: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
+    """Step 1: Σ x (float32 >= 0) as int64 fixed point at 2^(40 - floor(log2 max)), then float32."""
+    top = x.max(axis=axis, keepdims=True)
+    e = np.clip(np.where(top > 0, np.frexp(top)[1] - 1, -60), -60, 127)
+    q = np.floor(x.astype(np.float64) * np.exp2(40.0 - e)).astype(np.int64)  # x · 2^k is exact
+    total = q.sum(axis=axis).astype(np.float32)
+    return (total * np.exp2(np.squeeze(e, axis) - 40.0).astype(np.float32)).astype(np.float32)
+
+
 def spec_scores(attn: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """s_j, j = 1..n-1 of one unpadded image (attn [H, n], v [H, n, hd]), normalised."""
-    head = attn[:, 1:].astype(np.float64).sum(axis=0).astype(np.float32)
-    v_norm = np.sqrt((v[:, 1:].astype(np.float64) ** 2).sum(axis=(0, 2))).astype(np.float32)
-    s = head * v_norm
-    return s / np.float32(s.astype(np.float64).sum())
+    """Step 2: s_j, j = 1..n-1 of one unpadded image (attn [H, n], v [H, n, hd]), float32."""
+    v32 = v[:, 1:].astype(np.float32)
+    head = _exact_sum(attn[:, 1:].astype(np.float32), (0,))
+    return (head * np.sqrt(_exact_sum(v32 * v32, (0, 2)))).astype(np.float32)
 
 
-def spec_one(attn: np.ndarray, v: np.ndarray, M: int, official_y: bool = False) -> np.ndarray:
-    """§3.2 for one unpadded, non-degenerate image → rows [count] (CLS, kept by ascending score)."""
+def spec_one(attn: np.ndarray, v: np.ndarray, M: int) -> np.ndarray:
+    """Steps 3-5 for one unpadded image → rows [count] (CLS, then kept tokens by ascending score)."""
     s = spec_scores(attn, v)
-    m = s.shape[0]
+    m = s.size
+    if m == 0:
+        return np.zeros(1, dtype=np.int64)
     order = np.argsort(s, kind="stable")
-    cdf = np.cumsum(s[order].astype(np.float64)).astype(np.float32)
-    cdfn = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
-    assert cdfn[0] == 0
-    y0 = cdfn[cdfn > 0].min()
-    if official_y:  # official arithmetic: y0 + (lin_i*(M-1) - y0*i)/(M-1), lin = linspace(0, 1, M)
-        lin = torch.linspace(0, 1, M).numpy()
-        i = np.arange(M, dtype=np.float32)
-        y = y0 + (lin * np.float32(M - 1) - y0 * i) / np.float32(M - 1)
-    else:
-        t = (np.arange(M, dtype=np.float64) / max(M - 1, 1)).astype(np.float32)
-        y = y0 + (np.float32(1) - y0) * t
-    assert y.dtype == np.float32 and y.min() >= y0 > 0
-    # Official: left-pad with zeros to length M, argmin (first index on ties), subtract the pad.
-    pad = max(M - m, 0)
-    cdfp = np.concatenate([np.zeros(pad, dtype=np.float32), cdfn])
-    raw = np.abs(y[:, None] - cdfp[None, :]).argmin(axis=1)
-    assert (raw >= pad).all(), "a zero of the official left padding won the argmin"
-    keep = np.unique(raw - pad)
-    return np.concatenate([[0], order[keep] + 1])
+    T = max(M - 1, 1)
+    bits = 61 - (m * T).bit_length()
+    e = max(-60, int(np.frexp(s.max())[1]) - 1) if s.max() > 0 else -60
+    w = [int(np.floor(float(x) * 2.0 ** (bits - e))) for x in s[order]]
+    E = [sum(w[1 : k + 1]) for k in range(m)]
+    D = E[-1]
+    if D == 0:
+        return np.concatenate([[0], order + 1])
+    A = min(x for x in E if x > 0)
+    picks = []
+    for i in range(M):
+        dist = [abs(A * T + (D - A) * i - T * x) for x in E]
+        picks.append(dist.index(min(dist)))
+    assert picks == sorted(picks), "exact picks are non-decreasing"
+    return np.concatenate([[0], order[np.unique(picks)] + 1])
 
 
 def check_batch_against_one(attn, v, valid, M: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +110,9 @@ def test_batched_matches_per_image_reference(M: int) -> None:
     if M > 1:
         assert int(count[0]) > 2  # a real sampling happened
     assert bool((count <= min(M, 196) + 1).all())
-    torch.testing.assert_close(ats_sample_reference(attn, v, valid, M), (rows, count), rtol=0, atol=0)
+    for b, c in enumerate(COUNTS_197):  # and the independent numpy transcription of the op
+        expected = spec_one(attn[b, :, :c].numpy(), v[b, :, :c].numpy(), M)
+        np.testing.assert_array_equal(rows[b, : int(count[b])].numpy(), expected)
 
 
 @pytest.mark.parametrize("n", [120, 37, 5])
@@ -128,22 +147,39 @@ def test_batch_independence() -> None:
 
 
 @pytest.mark.parametrize(("n", "M", "seed"), [(197, 196, 0), (197, 196, 1), (120, 196, 2), (37, 196, 3), (197, 50, 4)])
-def test_matches_independent_spec_with_official_padding(n: int, M: int, seed: int) -> None:
-    """m < M: the official code left-pads cdfn with M - m zeros; they never win the argmin."""
+def test_matches_both_independent_specs(n: int, M: int, seed: int) -> None:
+    """The op's arithmetic bit for bit, and §3.2 in float64 (m < M: the official left padding of
+    cdfn with M - m zeros never wins the argmin)."""
     attn, v, valid = make_inputs([n], n, seed=seed)
     rows, count = ats_sample(attn, v, valid, M)
     expected = spec_one(attn[0].numpy(), v[0].numpy(), M)
     assert int(count[0]) == expected.size
     np.testing.assert_array_equal(rows[0, : expected.size].numpy(), expected)
+    np.testing.assert_array_equal(section_3_2_one(attn[0].numpy(), v[0].numpy(), M), expected)
 
 
 @pytest.mark.parametrize(("n", "seed"), [(197, 5), (120, 6), (60, 7)])
 def test_official_y_arithmetic_selects_the_same_tokens(n: int, seed: int) -> None:
     """The simplified y_i = y0 + (1 - y0) i/(M-1) picks what the official arithmetic picks here."""
     attn, v, _ = make_inputs([n], n, seed=seed)
-    ours = spec_one(attn[0].numpy(), v[0].numpy(), 196)
-    official = spec_one(attn[0].numpy(), v[0].numpy(), 196, official_y=True)
+    ours = section_3_2_one(attn[0].numpy(), v[0].numpy(), 196)
+    official = section_3_2_one(attn[0].numpy(), v[0].numpy(), 196, official_y=True)
     np.testing.assert_array_equal(ours, official)
+
+
+@pytest.mark.parametrize("M", [196, 50, 7])
+def test_float64_reference_is_section_3_2(M: int) -> None:
+    """``ats_sample_float64_one`` (the benchmark's measure) against the numpy float64 spec, and the
+    op against it: on these inputs (scores well apart) the float32/integer arithmetic flips nothing."""
+    for seed in range(6):
+        attn, v, valid = make_inputs(COUNTS_197[:6], 197, seed=100 + seed)
+        rows, count = ats_sample(attn, v, valid, M)
+        for b, c in enumerate(COUNTS_197[:6]):
+            reference = ats_sample_float64_one(attn[b, :, :c], v[b, :, :c], M)
+            np.testing.assert_array_equal(
+                reference.numpy(), section_3_2_one(attn[b, :, :c].numpy(), v[b, :, :c].numpy(), M)
+            )
+            assert torch.equal(rows[b, : int(count[b])], reference), (seed, b)
 
 
 def test_lowest_scoring_token_never_selected_and_kept_ascend_by_score() -> None:
@@ -232,35 +268,40 @@ def test_all_scores_equal() -> None:
     assert torch.equal(rows[0, :7], ats_sample_reference_one(attn[0], v[0], 6)[0])
 
 
-def test_float32_limit_of_the_lowest_token_rule() -> None:
-    """Documented edge: when y0 < ulp(y_i)/2, |y_i - y0| rounds to |y_i - 0| and argmin takes
-    the first index: the lowest token (cdfn 0) is picked, as the unpadded official code does;
-    the padded official code would pick a pad (an invalid index)."""
+def test_lowest_token_never_picked_even_next_to_a_tiny_score() -> None:
+    """E_0 = 0 is never the nearest point, exactly: with a second-lowest score of 1e-12 (float32
+    cdfn arithmetic could not tell |y_0 - y0| from |y_0 - 0| here) the op still picks y0's token
+    and never the lowest one, as §3.2 in float64 does."""
     n = 12
     attn = torch.zeros(1, 1, n)
     attn[0, 0, 0] = 0.5
     attn[0, 0, 1] = 0.0  # lowest: score 0
-    attn[0, 0, 2] = 1e-12  # second lowest: y0 ≈ 1e-12
+    attn[0, 0, 2] = 1e-12  # second lowest: y0 ≈ 1e-12 / 0.45
     attn[0, 0, 3:] = 0.05
     v = torch.ones(1, 1, n, 1)
     valid = torch.ones(1, n, dtype=torch.bool)
     rows, count = ats_sample(attn, v, valid, 196)
     kept = rows[0, 1 : int(count[0])].tolist()
-    assert kept[:2] == [1, 2]  # the zero-score token is picked (tie with 0), then y0's token
-    s = spec_scores(attn[0].numpy(), v[0].numpy())
-    order = np.argsort(s, kind="stable")
-    cdf = np.cumsum(s[order].astype(np.float64)).astype(np.float32)
-    cdfn = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
-    y0 = cdfn[1]
-    t = (np.arange(196, dtype=np.float64) / 195).astype(np.float32)
-    y = y0 + (np.float32(1) - y0) * t
-    assert np.abs(y[1] - cdfn[1]) == np.abs(y[1] - cdfn[0])  # the tie that makes it happen
-    picks = np.abs(y[:, None] - cdfn[None, :]).argmin(axis=1)
-    assert picks[:2].tolist() == [1, 0]  # so the picks are not monotone: unique must not assume it
-    padded = np.concatenate([np.zeros(196 - cdfn.size, dtype=np.float32), cdfn])
-    assert np.abs(y[1] - padded).argmin() == 0  # the official padded code would pick a pad
-    ref_rows, ref_count = ats_sample_reference_one(attn[0], v[0], 196)
-    assert ref_count == int(count[0]) and torch.equal(ref_rows, rows[0, :ref_count])
+    assert kept[0] == 2 and 1 not in kept
+    assert kept == ats_sample_float64_one(attn[0], v[0], 196)[1:].tolist()
+    np.testing.assert_array_equal(rows[0, : int(count[0])].numpy(), spec_one(attn[0].numpy(), v[0].numpy(), 196))
+
+
+def test_scores_far_below_the_largest_are_truncated() -> None:
+    """Step 4: a score below 2^-W of the image's largest gets weight 0, i.e. ties with the lowest
+    token and is never picked (W = 61 - bitlength(m·T) = 49 here); §3.2 in float64 would pick it."""
+    n = 12
+    attn = torch.zeros(1, 1, n)
+    attn[0, 0, 0] = 0.5
+    attn[0, 0, 2] = 1e-17  # s_2 / s_max = 2e-16 < 2^-49
+    attn[0, 0, 3:] = 0.05
+    v = torch.ones(1, 1, n, 1)
+    valid = torch.ones(1, n, dtype=torch.bool)
+    rows, count = ats_sample(attn, v, valid, 196)
+    kept = rows[0, 1 : int(count[0])].tolist()
+    assert 1 not in kept and 2 not in kept
+    assert ats_sample_float64_one(attn[0], v[0], 196)[1].item() == 2
+    np.testing.assert_array_equal(rows[0, : int(count[0])].numpy(), spec_one(attn[0].numpy(), v[0].numpy(), 196))
 
 
 def test_num_samples_must_be_positive() -> None:
@@ -269,6 +310,8 @@ def test_num_samples_must_be_positive() -> None:
         ats_sample_reference(attn, v, valid, 0)
     with pytest.raises(TokcompileError, match="num_samples"):
         ats_sample_reference_one(attn[0], v[0], 0)
+    with pytest.raises(TokcompileError, match="num_samples"):
+        ats_sample_reference(attn, v, valid, 65537)
 
 
 # ----------------------------------------------------------------------------- sample_count (K < N)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from function_body import run_function_body
+from onnx import TensorProto, helper
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from tokcompile.errors import TokcompileError
-from tokcompile.ops.evit_select import evit_select, evit_select_reference, keep_count
+from tokcompile.ops.evit_select import ONNX_NAME, evit_select, evit_select_reference, keep_count, onnx_function
 
 FP32_ATOL = 1e-6
 
@@ -218,3 +221,43 @@ def test_fp16_attention_is_upcast_before_scoring() -> None:
     out_b, kept_b = evit_select(x, attn16.float(), 0.7, True, 1)
     assert torch.equal(kept_a, kept_b)
     torch.testing.assert_close(out_a, out_b, atol=FP32_ATOL, rtol=0)
+
+
+# ----------------------------------------------------------------------------- ONNX function body
+
+
+def _run_body(x: torch.Tensor, attn: torch.Tensor, k: int, P: int, fuse: bool) -> list[np.ndarray]:
+    """One EvitSelect node calling its function body, run by ONNX Runtime (batch symbolic)."""
+    B, N, C = x.shape
+    node = helper.make_node(ONNX_NAME, ["x", "attn"], ["out", "kept"], domain="tokcompile", k=k, num_prefix=P)
+    node.attribute.append(helper.make_attribute("fuse", int(fuse)))
+    return run_function_body(
+        onnx_function,
+        node,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", N, C]),
+            helper.make_tensor_value_info("attn", TensorProto.FLOAT, ["B", attn.shape[1], N]),
+        ],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", P + k + int(fuse), C]),
+            helper.make_tensor_value_info("kept", TensorProto.INT64, ["B", k]),
+        ],
+        {"x": x.numpy(), "attn": attn.numpy()},
+    )
+
+
+@pytest.mark.parametrize(
+    ("keep_rate", "fuse", "num_prefix", "N"),
+    [(0.7, True, 1, 197), (0.7, False, 1, 197), (0.5, True, 0, 64), (0.5, False, 0, 64), (0.6, True, 5, 101)],
+)
+def test_onnx_body_matches_reference(keep_rate: float, fuse: bool, num_prefix: int, N: int) -> None:
+    """The body (no Slice: the prefix and the 0/1 fused row are Gathers) against the op, with no,
+    one and several prefix tokens, fused or not."""
+    x, attn = random_inputs(3, 4, N, 16, seed=N + num_prefix)
+    k = keep_count(keep_rate, N, num_prefix)
+    out, kept = _run_body(x, attn, k, num_prefix, fuse)
+    ref_out, ref_kept = evit_select_reference(x, attn, keep_rate, fuse, num_prefix)
+    np.testing.assert_array_equal(kept, ref_kept.numpy())
+    np.testing.assert_allclose(out, ref_out.numpy(), atol=FP32_ATOL, rtol=0)
+    types = {n.op_type for n in onnx_function(18).to_function_proto().node}
+    assert not types & {"Slice", "Range", "Expand"}  # 13-30 TensorRT parser layers each

@@ -11,7 +11,7 @@ reference. Order is checked against the scores rather than the reference's order
 CUDA mean multiplies by 1/H where the kernel (like torch on CPU) divides by H: scores can differ
 by one ulp, which may swap two kept tokens whose scores are that close.
 
-AtsSample: rows and count equal to the reference exactly (both accumulate in float64), on
+AtsSample: rows and count equal to the reference exactly (both use exact int64 sums and sampling), on
 unpadded batches, padded batches with varying valid counts (junk in the padded v), masks with
 holes, int32 masks, small sample counts and the degenerate images (only CLS, one token, all-zero
 scores, equal scores).

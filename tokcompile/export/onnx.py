@@ -24,6 +24,7 @@ from .. import _defaults
 from ..ops import ONNX_DOMAIN, TOKEN_OPS
 from ..ops._lowering import PLUGIN_ATTRIBUTES, plugin_lowering
 from ..passes._tokens import PRIMARY_DIM, dim_name
+from .fold_shapes import fold_static_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,37 @@ def _export_form(gm: fx.GraphModule) -> fx.GraphModule:
     return out
 
 
+def scoped_function(fn: onnx.FunctionProto) -> onnx.FunctionProto:
+    """``fn`` with every node and value name prefixed by ``<function name>/``.
+
+    TensorRT's parser inlines a function body under the names it has (onnx-tensorrt
+    ``LocalFunctionImporter``): a body value named like an outer tensor, e.g. ``zeros``, is
+    shadowed while the body is imported, and a body INPUT named like an outer tensor is not bound
+    to the node's input at all (the parser warns "does not correspond to an outside scope name"
+    and reads the outer tensor). Node names of different bodies, or of a body and the main graph,
+    collided as well (onnxscript numbers every body's nodes n0, n1, ...). The prefix makes every
+    body name unique in the file; repeated call sites of one function still repeat its names,
+    because the parser looks local functions up by name alone (ignoring IR 10 overloads)."""
+    scoped = onnx.FunctionProto()
+    scoped.CopyFrom(fn)
+    prefix = f"{fn.name}/"
+
+    def rename(names) -> None:  # a repeated string field, renamed in place
+        for i, name in enumerate(names):
+            if name:
+                names[i] = prefix + name
+
+    rename(scoped.input)
+    rename(scoped.output)
+    for i, node in enumerate(scoped.node):
+        node.name = prefix + (node.name or f"{node.op_type}_{i}")
+        rename(node.input)
+        rename(node.output)
+    for value in scoped.value_info:
+        value.name = prefix + value.name
+    return scoped
+
+
 def _attach_functions(model: onnx.ModelProto, opset: int) -> list[str]:
     """Add the body of every tokcompile node as a model-local function; returns the node types."""
     used = sorted({n.op_type for n in model.graph.node if n.domain == ONNX_DOMAIN})
@@ -47,7 +79,7 @@ def _attach_functions(model: onnx.ModelProto, opset: int) -> list[str]:
     present = {f.name for f in model.functions if f.domain == ONNX_DOMAIN}
     for name in used:
         if name not in present:
-            model.functions.append(by_name[name].onnx_function(opset).to_function_proto())
+            model.functions.append(scoped_function(by_name[name].onnx_function(opset).to_function_proto()))
     if used and not any(o.domain == ONNX_DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(ONNX_DOMAIN, 1))
     return used
@@ -134,7 +166,7 @@ def onnx_from_graph_module(
             raise RuntimeError(f"torch.onnx.export failed: {exc}") from exc
     model = program.model_proto
     custom = _attach_functions(model, opset)
-    model = _cleanup(model)
+    model = _cleanup(fold_static_shapes(model))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:

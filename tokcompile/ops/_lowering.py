@@ -95,10 +95,11 @@ def lowering_summary(mode: str, stages: Iterable[dict]) -> dict:
 def check_backend(mode: str, backend: str, ops: Iterable[object]) -> None:
     """Refuse lowerings a backend cannot run as specified.
 
-    ``ops``: the TokenOps in the graph. An op without exact native lowering (AtsSample: its body
-    accumulates in float64) cannot run as its body on TensorRT, which has no float64 type: the
-    parser turns DOUBLE into FLOAT (``importerUtils.cpp`` ``convertDtype``, line 325 in 10.10),
-    so selections could differ from the reference. ONNX Runtime runs float64 exactly.
+    ``ops``: the TokenOps in the graph. An op without exact native lowering (``native=False``)
+    cannot run as its body on TensorRT, e.g. a body that needs float64: TensorRT has no float64
+    type, its parser turns DOUBLE into FLOAT (``importerUtils.cpp`` ``convertDtype``, line 325 in
+    10.10), so selections could differ from the reference. No op needs this today (AtsSample's
+    body was rewritten in float32 + exact int64 for issue 9); ONNX Runtime runs any body exactly.
     """
     if backend != "tensorrt":
         return
@@ -107,6 +108,6 @@ def check_backend(mode: str, backend: str, ops: Iterable[object]) -> None:
         if lowered_natively and not getattr(op, "native", True):
             name = getattr(op, "onnx_name", "?")
             raise TokcompileError(
-                f"--plugins {mode} lowers {name} to its ONNX body, which accumulates in float64; TensorRT has no "
-                "float64 (its parser computes it in float32), so use --plugins auto or on with --backend tensorrt"
+                f"--plugins {mode} lowers {name} to its ONNX body, which TensorRT cannot run as specified; "
+                "use --plugins auto or on with --backend tensorrt"
             )

@@ -50,18 +50,20 @@ compact_tokens = torch.ops.tokcompile.compact_tokens.default
 
 
 def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
+    """The body: TopK over the unique keys, with n as a shape value (``Shape(start=1, end=2)``) and
+    positions as a CumSum (no Slice/Range, which TensorRT's parser expands into shape layers)."""
     if opset_version != 18:
         raise TokcompileError(f"CompactTokens' ONNX body is written for opset 18, not {opset_version}")
 
     @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
     def CompactTokens(keep):
-        shape = op.Shape(keep)
-        n = op.Slice(shape, op.Constant(value_ints=[1]), op.Constant(value_ints=[2]))  # [1]
-        n_scalar = op.Squeeze(n, op.Constant(value_ints=[0]))
-        position = op.Range(op.Constant(value_int=0), n_scalar, op.Constant(value_int=1))
-        key = op.Add(op.Mul(op.Cast(keep, to=7), n), op.Sub(op.Sub(n, op.Constant(value_ints=[1])), position))
-        _, rows = op.TopK(op.Cast(key, to=1), n, axis=1, largest=1, sorted=1)
-        count = op.ReduceSum(op.Cast(keep, to=7), op.Constant(value_ints=[1]), keepdims=0)
+        tokens = op.Constant(value_ints=[1])
+        keep_f = op.Cast(keep, to=1)
+        place = op.CumSum(op.Cast(op.Or(keep, op.Not(keep)), to=1), op.Constant(value_int=1))  # [B, n]: 1..n
+        n_f = op.ReduceMax(place, tokens, keepdims=1)  # [B, 1]
+        key = op.Add(op.Mul(keep_f, n_f), op.Sub(n_f, place))  # keep·n + (n - 1 - position), unique
+        key_values, rows = op.TopK(key, op.Shape(keep, start=1, end=2), axis=1, largest=1, sorted=1)
+        count = op.ReduceSum(op.Cast(keep, to=7), tokens, keepdims=0)
         return rows, count
 
     return CompactTokens

@@ -86,9 +86,13 @@ evit_select = torch.ops.tokcompile.evit_select.default
 
 # ---------------------------------------------------------------------------------------------
 # ONNX: one node EvitSelect(x, attn) in domain "tokcompile" calling a model-local function whose
-# body is plain ONNX (TopK, GatherElements, ScatterElements without reduction, MatMul, Concat).
-# The TensorRT ONNX parser inlines the body unless the node carries the plugin attributes
-# (--plugins on, ops/_lowering.py) and a plugin EvitSelect is registered in that namespace.
+# body is plain ONNX (TopK, GatherND, ScatterElements without reduction, MatMul, Concat). It is
+# written for the TensorRT parser, which turns every Slice/Range/Expand into 15-30 int64 shape
+# layers: positions come from a CumSum of ones, the prefix is masked rather than sliced off, and
+# the kept tokens are gathered with GatherND (batch_dims=1) rather than an expanded index, and the
+# prefix / fused rows with Gathers of attribute-length index vectors. The TensorRT ONNX parser
+# inlines the body unless the node carries the plugin attributes (--plugins on, ops/_lowering.py)
+# and a plugin EvitSelect is registered in that namespace.
 
 
 def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
@@ -100,26 +104,30 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
     def EvitSelect(x, attn: FLOAT, k: int, num_prefix: int, fuse: int):
         axis1 = op.Constant(value_ints=[1])
         zero = op.Constant(value_ints=[0])
-        end = op.Constant(value_ints=[9223372036854775807])
-        prefix_end = op.Reshape(op.Constant(value_int=num_prefix), axis1)
-        k_1d = op.Reshape(op.Constant(value_int=k), axis1)
-        fuse_1d = op.Reshape(op.Constant(value_int=fuse), axis1)
-        scores = op.Slice(op.ReduceMean(attn, axis1, keepdims=0), prefix_end, end, axis1)  # [B, N-P]
-        rest = op.Slice(x, prefix_end, end, axis1)  # [B, N-P, C]
-        prefix = op.Slice(x, zero, prefix_end, axis1)  # [B, P, C]
-        top_values, idx = op.TopK(scores, k_1d, axis=1, largest=1, sorted=1)  # [B, k]
-        rest_shape = op.Shape(rest)
-        gather_shape = op.Concat(
-            op.Slice(rest_shape, zero, axis1), k_1d, op.Slice(rest_shape, op.Constant(value_ints=[2]), end), axis=0
+        zero_s = op.Constant(value_int=0)
+        one_s = op.Constant(value_int=1)
+        zero_f = op.Constant(value_float=0.0)
+        one_f = op.Constant(value_float=1.0)
+        neg_inf = op.Constant(value_float=float("-inf"))
+        prefix = op.Constant(value_int=num_prefix)
+        prefix_1d = op.Unsqueeze(prefix, zero)
+        scores = op.ReduceMean(attn, axis1, keepdims=0)  # [B, N]
+        place = op.CumSum(op.Add(op.Mul(scores, zero_f), one_f), op.Constant(value_int=1))  # [B, N]: 1..N
+        is_prefix = op.LessOrEqual(place, op.Cast(prefix, to=1))
+        top_values, idx = op.TopK(
+            op.Where(is_prefix, neg_inf, scores), op.Unsqueeze(op.Constant(value_int=k), zero), axis=1
         )
-        kept = op.GatherElements(rest, op.Expand(op.Unsqueeze(idx, op.Constant(value_ints=[-1])), gather_shape), axis=1)
-        # Dropped tokens keep their raw attention weight, kept ones get 0 (no renormalisation).
-        dropped = op.ScatterElements(scores, idx, op.Sub(top_values, top_values), axis=1)
-        extra = op.MatMul(op.Unsqueeze(dropped, axis1), op.Cast(rest, to=1))  # [B, 1, C] float32
-        extra = op.Slice(op.CastLike(extra, x), zero, fuse_1d, axis1)  # [B, fuse, C]
-        out = op.Concat(prefix, kept, extra, axis=1)
-        kept_pos = op.Add(idx, prefix_end)
-        return out, kept_pos
+        kept = op.GatherND(x, op.Unsqueeze(idx, op.Constant(value_ints=[-1])), batch_dims=1)  # [B, k, C]
+        # Dropped tokens keep their raw attention weight; kept and prefix tokens get 0.
+        rest = op.Where(is_prefix, zero_f, scores)
+        dropped = op.ScatterElements(rest, idx, op.Mul(top_values, zero_f), axis=1)
+        extra = op.CastLike(op.MatMul(op.Unsqueeze(dropped, axis1), op.Cast(x, to=1)), x)  # [B, 1, C]
+        # The first `fuse` rows of extra, and the prefix rows 0..P-1 of x, as Gathers of index
+        # vectors of attribute length (ConstantOfShape + CumSum), not Slices.
+        extra = op.Gather(extra, op.ConstantOfShape(op.Unsqueeze(op.Constant(value_int=fuse), zero), value=[0]), axis=1)
+        prefix_rows = op.Sub(op.CumSum(op.ConstantOfShape(prefix_1d, value=[1]), zero_s), one_s)  # [P]: 0..P-1
+        out = op.Concat(op.Gather(x, prefix_rows, axis=1), kept, extra, axis=1)
+        return out, idx
 
     return EvitSelect
 

@@ -43,6 +43,7 @@ When r' = 0 the op is the identity (dest = 0..N-1), as the official ``do_nothing
 
 from __future__ import annotations
 
+import onnx
 import onnxscript
 import torch
 from onnxscript import FLOAT
@@ -140,9 +141,19 @@ tome_merge = torch.ops.tokcompile.tome_merge.default
 # ---------------------------------------------------------------------------------------------
 # ONNX: one node TomeMerge(x, metric, size) in domain "tokcompile" calling a model-local function
 # whose body is plain ONNX that the TensorRT parser handles natively: MatMul, ReduceMax/Min/Sum,
-# Equal/Greater/Less/Where, CumSum, Range, Slice, Concat, Reshape. No ScatterElements with a
+# Equal/Greater/Less/Where, CumSum, ConstantOfShape, Transpose. No ScatterElements with a
 # reduction, no TopK/ArgMax (their tie order is not portable): the merge is a one-hot assignment
-# matrix M [B, N-r, N] (M[o, n] = dest[n] == o) applied with MatMul.
+# matrix M [B, N-r, N] (M[o, n] = dest[n] == o) applied with MatMul. Written for the TensorRT
+# parser, which turns every Slice/Range/Expand into 15-30 int64 shape layers: the even (A) / odd
+# (B) split is a mask over all N x N similarities instead of two strided slices, positions are a
+# CumSum, and only the output length N - r' is shape arithmetic.
+
+
+def _rank3(value: float) -> onnx.TensorProto:
+    return onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1, 1, 1], [value])
+
+
+_ZERO, _HALF, _ONE, _NEG_INF = (_rank3(v) for v in (0.0, 0.5, 1.0, float("-inf")))
 
 
 def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
@@ -152,78 +163,69 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
 
     @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
     def TomeMerge(x, metric: FLOAT, size: FLOAT, r: int, num_prefix: int):
-        zero = op.Constant(value_ints=[0])
-        one = op.Constant(value_ints=[1])
-        two = op.Constant(value_ints=[2])
         axis_last = op.Constant(value_ints=[-1])
+        tokens = op.Constant(value_int=1)
         zero_s = op.Constant(value_int=0)
-        one_s = op.Constant(value_int=1)
         two_s = op.Constant(value_int=2)
-        one_f = op.Constant(value_float=1.0)
-        neg_inf = op.Constant(value_float=float("-inf"))
-        end = op.Constant(value_ints=[9223372036854775807])
+        # Float constants have the operands' rank 3: TensorRT's parser adds a broadcast layer to
+        # every elementwise op whose operands differ in rank.
+        rank3 = op.Constant(value_ints=[1, 1, 1])
+        zero_f = op.Constant(value=_ZERO)
+        half_f = op.Constant(value=_HALF)
+        one_f = op.Constant(value=_ONE)
+        neg_inf = op.Constant(value=_NEG_INF)
+        p_s = op.Constant(value_int=num_prefix)
+        prefix = op.Reshape(op.Cast(p_s, to=1), rank3)
 
-        # Static sizes (scalars, int64): N, NA = ceil(N/2), NB = floor(N/2), r' and the prefix split.
-        x_shape = op.Shape(x)
-        batch = op.Slice(x_shape, zero, one)
-        n = op.Squeeze(op.Slice(x_shape, one, two), zero)
-        na = op.Div(op.Add(n, one_s), two_s)
-        nb = op.Div(n, two_s)
-        p = op.Constant(value_int=num_prefix)
-        pa = op.Div(op.Add(p, one_s), two_s)
-        pb = op.Div(p, two_s)
-        r_eff = op.Max(op.Min(op.Constant(value_int=r), op.Div(op.Sub(n, p), two_s)), zero_s)
-        r_f = op.Cast(r_eff, to=1)
+        # N and r' = min(r, (N - P) // 2) (>= 0) as shape values: r' sets the output length.
+        n_s = op.Shape(x, start=1, end=2)  # [1]
+        r_s = op.Max(op.Min(op.Constant(value_int=r), op.Div(op.Sub(n_s, p_s), two_s)), zero_s)
+        r_f = op.Reshape(op.Cast(r_s, to=1), rank3)
+        n_f = op.Reshape(op.Cast(n_s, to=1), rank3)
 
-        # Cosine similarity between A (even) and B (odd) tokens, prefix rows/columns at -inf.
+        # Positions p = 0..N-1 ([B, N, 1], float holds them exactly; sizes are >= 1, so size/size = 1).
+        p = op.Sub(op.CumSum(op.Div(size, size), tokens), one_f)
+        p_t = op.Transpose(p, perm=[0, 2, 1])  # [B, 1, N]
+        half = op.Floor(op.Mul(p, half_f))  # A index of an even p, B index of an odd p
+        is_a = op.Equal(p, op.Add(half, half))  # even positions: set A (CLS is A[0])
+        movable = op.GreaterOrEqual(p, prefix)  # prefix tokens never merge
+        rows = op.And(is_a, movable)  # [B, N, 1]
+        cols = op.Transpose(op.And(op.Not(is_a), movable), perm=[0, 2, 1])  # [B, 1, N]
+
+        # Cosine similarity of every (movable A, movable B) pair; best B partner per A token (first
+        # position on ties, without ArgMax). Rows that are not movable A tokens are all -inf.
         m = op.Div(metric, op.ReduceL2(metric, axis_last, keepdims=1))
-        m_a = op.Slice(m, zero, end, one, two)  # [B, NA, hd]
-        m_b = op.Slice(m, one, end, one, two)  # [B, NB, hd]
-        scores = op.MatMul(m_a, op.Transpose(m_b, perm=[0, 2, 1]))  # [B, NA, NB]
-        a_idx = op.Cast(op.Range(zero_s, na, one_s), to=1)  # [NA] float
-        b_idx = op.Cast(op.Range(zero_s, nb, one_s), to=1)  # [NB] float
-        prefix_row = op.Less(op.Unsqueeze(a_idx, axis_last), op.Cast(pa, to=1))  # [NA, 1]
-        prefix_col = op.Less(b_idx, op.Cast(pb, to=1))  # [NB]
-        scores = op.Where(op.Or(prefix_row, prefix_col), neg_inf, scores)
+        scores = op.Where(op.And(rows, cols), op.MatMul(m, op.Transpose(m, perm=[0, 2, 1])), neg_inf)  # [B, N, N]
+        node_max = op.ReduceMax(scores, axis_last, keepdims=1)  # [B, N, 1]
+        partner = op.ReduceMin(op.Where(op.Equal(scores, node_max), p_t, n_f), axis_last, keepdims=1)
 
-        # Best B partner per A token; the first index on ties, computed without ArgMax.
-        node_max = op.ReduceMax(scores, axis_last, keepdims=1)  # [B, NA, 1]
-        big = op.Cast(nb, to=1)
-        node_idx = op.ReduceMin(op.Where(op.Equal(scores, node_max), b_idx, big), axis_last, keepdims=0)
+        # Stable descending rank among A tokens: rank[a] = #{a': nm[a'] > nm[a]} + #{a' < a: nm[a'] = nm[a]}.
+        col = op.Transpose(node_max, perm=[0, 2, 1])  # [B, 1, N]: nm[a']
+        earlier = op.And(op.Transpose(is_a, perm=[0, 2, 1]), op.Less(p_t, p))  # a' is A and a' < a
+        before = op.Or(
+            op.And(op.Greater(col, node_max), op.Transpose(is_a, perm=[0, 2, 1])),
+            op.And(op.Equal(col, node_max), earlier),
+        )
+        rank = op.ReduceSum(op.Cast(before, to=1), axis_last, keepdims=1)  # [B, N, 1]
+        is_src = op.And(is_a, op.Less(rank, r_f))
 
-        # Stable descending rank: rank[a] = #{a': nm[a'] > nm[a]} + #{a' < a: nm[a'] = nm[a]}.
-        row = node_max  # [B, NA, 1]: nm[a]
-        col = op.Transpose(node_max, perm=[0, 2, 1])  # [B, 1, NA]: nm[a']
-        earlier = op.Less(op.Unsqueeze(a_idx, zero), op.Unsqueeze(a_idx, axis_last))  # [NA, NA]: a' < a
-        before = op.Or(op.Greater(col, row), op.And(op.Equal(col, row), earlier))
-        rank = op.ReduceSum(op.Cast(before, to=1), axis_last, keepdims=0)  # [B, NA] float
-        is_src = op.Less(rank, r_f)
-
-        # Output positions (float holds these small integers exactly; cast to int64 at the end).
-        pb_f = op.Cast(pb, to=1)
-        b_base = op.Sub(op.Add(op.Cast(na, to=1), pb_f), r_f)
-        unm_sorted = op.Sub(op.Add(pb_f, op.CumSum(op.Cast(op.Not(is_src), to=1), one_s)), one_f)
-        unm_ranked = op.Sub(rank, r_f)
-        has_prefix = op.Greater(p, zero_s)
-        dest_a = op.Where(is_src, op.Sub(op.Add(b_base, node_idx), pb_f), op.Where(has_prefix, unm_sorted, unm_ranked))
-        dest_b = op.Sub(op.Add(b_base, b_idx), pb_f)  # [NB]
-        dest_b = op.Expand(op.Unsqueeze(dest_b, zero), op.Concat(batch, op.Reshape(nb, one), axis=0))
-        # Interleave A (even) and B (odd): pad B to NA, stack on a last axis, flatten, cut to N.
-        dest_b = op.Concat(dest_b, op.Slice(dest_a, op.Reshape(nb, one), end, one), axis=1)  # [B, NA]
-        pairs = op.Concat(op.Unsqueeze(dest_a, axis_last), op.Unsqueeze(dest_b, axis_last), axis=2)
-        dest = op.Slice(op.Reshape(pairs, op.Concat(batch, axis_last, axis=0)), zero, op.Reshape(n, one), one)
-        # Prefix tokens stay where they are; r' = 0 is the identity.
-        positions = op.Cast(op.Range(zero_s, n, one_s), to=1)  # [N]
-        keep_place = op.Or(op.Less(positions, op.Cast(p, to=1)), op.Equal(r_eff, zero_s))
-        dest = op.Where(keep_place, positions, dest)  # [B, N] float
+        # Output positions: [prefix, unmerged A (original order if P > 0, else rank order), B].
+        pb = op.Floor(op.Mul(prefix, half_f))
+        b_base = op.Sub(op.Add(op.Sub(n_f, op.Floor(op.Mul(n_f, half_f))), pb), r_f)  # NA + pb - r'
+        unm_sorted = op.Sub(op.Add(pb, op.CumSum(op.Cast(op.And(is_a, op.Not(is_src)), to=1), tokens)), one_f)
+        unmerged = op.Where(op.Greater(prefix, zero_f), unm_sorted, op.Sub(rank, r_f))
+        src_dest = op.Sub(op.Add(b_base, op.Floor(op.Mul(partner, half_f))), pb)  # partner's B index
+        dest = op.Where(is_a, op.Where(is_src, src_dest, unmerged), op.Sub(op.Add(b_base, half), pb))
+        dest = op.Where(op.Or(op.Not(movable), op.Equal(r_f, zero_f)), p, dest)  # [B, N, 1] float
 
         # Merge: M[b, o, n] = dest[b, n] == o; size_out = M·size; x_out = (M ⊙ sizeᵀ / size_out)·x.
-        outputs = op.Cast(op.Range(zero_s, op.Sub(n, r_eff), one_s), to=1)
-        assign = op.Cast(op.Equal(op.Unsqueeze(dest, one), op.Unsqueeze(outputs, axis_last)), to=1)  # [B, N-r, N]
+        outputs = op.CumSum(op.ConstantOfShape(op.Sub(n_s, r_s), value=[1.0]), zero_s)  # [N - r']: 1..N-r'
+        out_pos = op.Unsqueeze(op.Sub(outputs, op.Constant(value_float=1.0)), axis_last)  # [N - r', 1]
+        assign = op.Cast(op.Equal(op.Transpose(dest, perm=[0, 2, 1]), out_pos), to=1)  # [B, N-r, N]
         size_out = op.MatMul(assign, size)  # [B, N-r, 1]
         weight = op.Div(op.Mul(assign, op.Transpose(size, perm=[0, 2, 1])), size_out)
         x_out = op.MatMul(op.CastLike(weight, x), x)
-        return x_out, size_out, op.Cast(dest, to=7)
+        return x_out, size_out, op.Cast(op.Squeeze(dest, axis_last), to=7)
 
     return TomeMerge
 

@@ -1,5 +1,9 @@
 """Helpers shared by passes whose token count becomes per-image (ATS, A-ViT): padded token
-tensors with a validity mask, compacted to the front; the meta keys stages and the runtime read."""
+tensors with a validity mask, compacted to the front; the meta keys stages and the runtime read.
+
+Their token dimension stays dynamic in the exported stage files, so they avoid the ops TensorRT's
+ONNX parser expands into 10-30 int64 shape layers each (Range, Expand, dynamically shaped
+zeros): positions are a cumulative sum, broadcasts are elementwise (benchmarks/trt_layers.py)."""
 
 from __future__ import annotations
 
@@ -31,20 +35,32 @@ def all_valid(x: torch.Tensor) -> torch.Tensor:
 @torch.fx.wrap
 def key_padding_bias(valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """valid: [B, n] → additive attention mask [B, 1, 1, n]: 0 for real keys, -inf for padding."""
-    bias = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill(~valid, float("-inf"))
-    return bias[:, None, None, :].to(like.dtype)
+    return torch.where(valid[:, None, None, :], 0.0, float("-inf")).to(like.dtype)
 
 
 @torch.fx.wrap
 def gather_tokens(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """x: [B, n, C], rows: [B, n] → x[b, rows[b]]."""
-    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return x.gather(1, broadcast_rows(rows, x.shape[-1]))
+
+
+def broadcast_rows(rows: torch.Tensor, channels: int) -> torch.Tensor:
+    """rows [B, n] → [B, n, channels], each row index repeated over the channels (a broadcasting
+    add of a constant, not an Expand, in the exported graph)."""
+    return rows.unsqueeze(-1) + torch.zeros(1, 1, channels, dtype=rows.dtype, device=rows.device)
 
 
 @torch.fx.wrap
 def valid_prefix(rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """[B, n] bool: position < count (sampled tokens are compacted to the front)."""
-    return torch.arange(rows.shape[1], device=rows.device)[None, :] < count[:, None]
+    return positions(rows) < count[:, None]
+
+
+def positions(like: torch.Tensor) -> torch.Tensor:
+    """[B, n] int64 0, 1, ..., n-1 in every row of the integer or bool ``like`` [B, n]: a
+    cumulative sum of ones made elementwise (``ones_like`` and ``arange`` over the dynamic n
+    export as Expand and Range)."""
+    return (like.long() * 0 + 1).cumsum(dim=1) - 1
 
 
 @torch.fx.wrap

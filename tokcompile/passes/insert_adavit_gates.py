@@ -39,7 +39,15 @@ from ..errors import TokcompileError
 from ..models.tracing import BlockNodes, find_blocks
 from ..ops.compact_tokens import compact_tokens
 from ._outputs import append_outputs
-from ._tokens import BOUNDARY_KEY, COUNT_DIM_KEY, TOKEN_DIM_KEY, key_padding_bias, valid_prefix
+from ._tokens import (
+    BOUNDARY_KEY,
+    COUNT_DIM_KEY,
+    TOKEN_DIM_KEY,
+    broadcast_rows,
+    key_padding_bias,
+    positions,
+    valid_prefix,
+)
 from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
 from .manager import PassContext, PassResult
 
@@ -94,7 +102,7 @@ def adavit_decide(
 @torch.fx.wrap
 def sublayer_rows(tokens: torch.Tensor, layers: torch.Tensor, sublayer: int) -> torch.Tensor:
     """Rows a sub-layer computes: the selected tokens when it is on, CLS always."""
-    cls = torch.arange(tokens.shape[1], device=tokens.device)[None, :] == 0
+    cls = positions(tokens) == 0
     return (tokens & layers[:, sublayer : sublayer + 1]) | cls
 
 
@@ -110,7 +118,7 @@ def kept_rows(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, rows[..., None].expand(x.shape[0], rows.shape[1], x.shape[2]))
+    return x.gather(1, broadcast_rows(rows, x.shape[2]))
 
 
 def _add_back(x: torch.Tensor, update: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -196,7 +204,7 @@ def adavit_mlp(
     B, N, C = x.shape
     H = heads.shape[1]
     h = _norm(_gather_rows(x, rows), norm_w, norm_b, eps)
-    channels = heads[:, :, None].expand(B, H, C // H).reshape(B, 1, C)
+    channels = (heads[:, :, None] & torch.ones(1, 1, C // H, dtype=torch.bool, device=heads.device)).reshape(B, 1, C)
     out = F.linear(F.gelu(F.linear(h * channels.to(h.dtype), fc1_w, fc1_b)), fc2_w, fc2_b)
     gate = (valid & layers[:, 1:2]).to(out.dtype)[..., None]
     return _add_back(x, out * gate, position)

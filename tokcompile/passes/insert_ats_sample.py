@@ -57,7 +57,10 @@ def ats_cls_attention(
     (exp(a - max) + eps/N) / (Σ exp + eps), N = the image's own token count (§3.2); padded keys 0.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = torch.matmul(q[:, :, :1].float(), k.float().transpose(-2, -1)).squeeze(2) * scale  # [B, H, n]
+    # q[:, :, 0] as a select (one Gather), not a Slice of the dynamic token axis
+    logits = (
+        torch.matmul(q.select(2, 0).unsqueeze(2).float(), k.float().transpose(-2, -1)).squeeze(2) * scale
+    )  # [B, H, n]
     keys = valid[:, None, :]
     logits = logits.masked_fill(~keys, float("-inf"))
     e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))

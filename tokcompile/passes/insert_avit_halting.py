@@ -34,6 +34,7 @@ from ._tokens import (
     gather_tokens,
     initial_ids,
     mask_padded_keys,
+    positions,
     sampled_ids,
     valid_prefix,
 )
@@ -76,7 +77,7 @@ def avit_update(
     out = out + y_cls * weight[:, None]
     remainder = torch.where(running, remainder - h_cls, remainder)
     done = done | ~running
-    cls = torch.arange(c.shape[1], device=c.device)[None, :] == 0
+    cls = positions(valid) == 0
     keep = ((c < threshold) & valid & ~done[:, None]) | cls  # CLS stays; a halted image keeps only it
     return c, remainder, out, done, keep
 
