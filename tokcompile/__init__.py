@@ -6,9 +6,8 @@ runner = tokcompile.load(result.bundle)
 logits = runner(images)          # numpy float32 [B, 3, H, W] -> [B, classes]
 """
 
+from ._version import __version__
 from .errors import TokcompileError
-
-__version__ = "0.1.0"
 
 __all__ = ["TokcompileError", "__version__", "build", "load"]
 

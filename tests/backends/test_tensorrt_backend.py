@@ -26,7 +26,8 @@ from tokcompile.backends.tensorrt import env, plugins
 from tokcompile.backends.tensorrt import profiles as trt_backend
 from tokcompile.backends.tensorrt.profiles import FALLBACK
 from tokcompile.backends.tensorrt.run import to_numpy, torch_dtype
-from tokcompile.runtime.bundle import hash_files
+from tokcompile.manifest import EngineEntry, EnginesRecord, ExtraDim, StageEntry
+from tokcompile.runtime.bundle import hash_files, read_manifest
 
 ATS_BUCKETS = "40,60,80"  # as tests/runtime/test_staged.py: the session builds this bundle once
 
@@ -38,6 +39,13 @@ def onnx_input_shapes(path: Path) -> dict[str, list[int]]:
         i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
         for i in model.graph.input
     }
+
+
+def entry(inputs: list[str], **fields) -> StageEntry:
+    """A stage entry with the fields a test names (the rest empty)."""
+    fields.setdefault("values_in", list(inputs))
+    fields.setdefault("outputs", ["out"])
+    return StageEntry(0, "s.onnx", inputs, onnxruntime_file="s.onnx", onnxruntime_precision="fp32", **fields)
 
 
 def test_engine_file_name_records_flavour_version_and_targets():
@@ -73,8 +81,8 @@ def test_extra_dims_take_their_whole_range_in_every_profile():
     assert [p["shapes"]["heads"] for p in profiles] == [[[1, 1], [16, 6], [64, 6]]] * 2
     assert profiles[0]["shapes"]["rows"] == [[1, 40], [16, 40], [64, 40]]
     stages = [
-        {"inputs": ["images"], "outputs": ["h", "c"], "extra_dims": [{"name": "heads", "values": ["h"], "max": 6}]},
-        {"inputs": ["h_in", "x"], "values_in": ["h", "x"]},
+        entry(inputs=["images"], outputs=["h", "c"], extra_dims=[ExtraDim("heads", "c", ["h"], 6)]),
+        entry(inputs=["h_in", "x"], values_in=["h", "x"]),
     ]
     assert trt_backend.extra_dim_inputs(stages, 1) == {"h_in": 6}
     assert trt_backend.extra_dim_inputs(stages, 0) == {}
@@ -94,50 +102,43 @@ def test_profiles_opt_batch_and_bad_shapes():
 def test_profiles_of_a_real_staged_bundle(bundle):
     """Read the manifest and ONNX files of an ATS bundle the way the builder does."""
     directory = bundle("test_vit", method="ats", buckets=ATS_BUCKETS)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    stages = manifest["stages"]
-    full = manifest["model"]["grid"][0] * manifest["model"]["grid"][1] + manifest["model"]["num_prefix_tokens"]
+    manifest = read_manifest(directory)
+    stages = manifest.stages
+    full = manifest.model.num_tokens
     assert full == 101
     for k, stage in enumerate(stages):
-        shapes = onnx_input_shapes(directory / stage["file"])
+        shapes = onnx_input_shapes(directory / stage.file)
         buckets = trt_backend.stage_buckets(stages, k)
         tokens_of = trt_backend.token_inputs(stage)
-        assert tokens_of == stage["token_inputs"]  # ATS: every dynamic input carries tokens
+        assert tokens_of == stage.token_inputs  # ATS: every dynamic input carries tokens
         profiles = trt_backend.stage_profiles(shapes, tokens_of, buckets, full, 64, 16)
         if k == 0:
             assert buckets == [] and [p["bucket"] for p in profiles] == [FALLBACK]
             assert profiles[0]["shapes"]["images"][2] == [64, 3, 160, 160]
             continue
-        assert buckets == stages[k - 1]["buckets"] and stage["token_inputs"]  # fed at the previous boundary's buckets
+        assert buckets == stages[k - 1].buckets and stage.token_inputs  # fed at the previous boundary's buckets
         assert [p["bucket"] for p in profiles] == [*sorted(set(buckets)), FALLBACK]
         for p in profiles[:-1]:
-            for name in stage["token_inputs"]:
+            for name in stage.token_inputs:
                 assert {s[1] for s in p["shapes"][name]} == {p["bucket"]}
                 assert [s[2:] for s in p["shapes"][name]] == [shapes[name][2:]] * 3
 
 
 def test_token_inputs_are_dynamic_token_values():
-    stage = {
-        "inputs": ["x", "heads", "mask"],
-        "values_in": ["x", "heads", "mask"],
-        "token_inputs": ["x", "heads"],  # both have a dynamic dim 1
-        "token_values": ["x", "mask", "y"],  # but only x's is the token dimension
-    }
+    stage = entry(
+        inputs=["x", "heads", "mask"],
+        token_inputs=["x", "heads"],  # both have a dynamic dim 1
+        token_values=["x", "mask", "y"],  # but only x's is the token dimension
+    )
     assert trt_backend.token_inputs(stage) == ["x"]
-    assert trt_backend.token_inputs({"inputs": ["images"], "values_in": ["x"], "token_inputs": []}) == []
+    assert trt_backend.token_inputs(entry(inputs=["images"], values_in=["x"])) == []
 
 
 def test_stage_buckets_needs_one_producing_boundary():
     stages = [
-        {"inputs": ["images"], "values_in": ["x"], "outputs": ["a", "n"], "count": "n", "buckets": [8, 16]},
-        {"inputs": ["a"], "values_in": ["a"], "outputs": ["b"], "token_inputs": ["a"], "token_values": ["a", "b"]},
-        {
-            "inputs": ["a", "b"],
-            "values_in": ["a", "b"],
-            "outputs": ["c"],
-            "token_inputs": ["a", "b"],
-            "token_values": ["a", "b"],
-        },
+        entry(inputs=["images"], values_in=["x"], outputs=["a", "n"], count="n", buckets=[8, 16]),
+        entry(inputs=["a"], outputs=["b"], token_inputs=["a"], token_values=["a", "b"]),
+        entry(inputs=["a", "b"], outputs=["c"], token_inputs=["a", "b"], token_values=["a", "b"]),
     ]
     assert trt_backend.stage_buckets(stages, 1) == [8, 16]
     assert trt_backend.stage_buckets(stages, 2) == []  # token inputs from two stages: catch-all only
@@ -152,7 +153,7 @@ def test_pick_profile():
 
 
 def test_check_compatible():
-    built = {"version": "10.13.0.35", "compute_capability": "sm_90"}  # a bundle from before target_sm
+    built = EnginesRecord("tensorrt", "10.13.0.35", 64, 16, compute_capability="sm_90")  # before target_sm
     rebuild = "'tokcompile build deit_s --backend tensorrt'"
     assert env.check_compatible(built, "TensorRT", "10.13.0.35", "sm_90", rebuild) is None
     msg = env.check_compatible(built, "TensorRT", "10.9.0.34", "sm_89", rebuild)
@@ -161,7 +162,7 @@ def test_check_compatible():
         "rebuild the bundle with 'tokcompile build deit_s --backend tensorrt'"
     )
     assert "on sm_89" in env.check_compatible(built, "TensorRT", "10.13.0.35", "sm_89", rebuild)
-    rtx = {"version": "1.7.1.116", "target_sm": [80, 86, 89]}  # several targets: any of them runs
+    rtx = EnginesRecord("tensorrt-rtx", "1.7.1.116", 64, 16, target_sm=[80, 86, 89])  # any of them runs
     assert env.check_compatible(rtx, "TensorRT for RTX", "1.7.1.116", "sm_86", rebuild) is None
     assert "for sm_80, sm_86, sm_89;" in env.check_compatible(rtx, "TensorRT for RTX", "1.7.1.116", "sm_120", rebuild)
     assert "1.8.0.1 on sm_86" in env.check_compatible(rtx, "TensorRT for RTX", "1.8.0.1", "sm_86", rebuild)
@@ -302,24 +303,18 @@ def trt_bundle(bundle, tmp_path) -> Path:
     stand-in engine file, hashed like every file a bundle runs)."""
     directory = tmp_path / "trt-bundle"
     shutil.copytree(bundle("test_vit"), directory)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    stage = manifest["stages"][0]
-    manifest["backend"] = "tensorrt"
-    stage["tensorrt_file"] = "model.trt10.13-sm90.engine"
-    (directory / stage["tensorrt_file"]).write_bytes(b"not an engine")
-    manifest["files"].update(hash_files(directory, [stage["tensorrt_file"]]))
-    stage["tensorrt_profiles"] = trt_backend.stage_profiles(
-        onnx_input_shapes(directory / stage["file"]), [], [], 101, 64, 16
+    manifest = read_manifest(directory)
+    stage = manifest.stages[0]
+    manifest.backend = "tensorrt"
+    engine = "model.trt10.13-sm90.engine"
+    (directory / engine).write_bytes(b"not an engine")
+    manifest.files.update(hash_files(directory, [engine]))
+    profiles = trt_backend.stage_profiles(onnx_input_shapes(directory / stage.file), [], [], 101, 64, 16)
+    stage.engine = EngineEntry(engine, profiles)
+    manifest.tensorrt = EnginesRecord(
+        "tensorrt", "10.13.0.35", 64, 16, gpu="NVIDIA H100 80GB HBM3", compute_capability="sm_90"
     )
-    manifest["tensorrt"] = {
-        "version": "10.13.0.35",
-        "gpu": "NVIDIA H100 80GB HBM3",
-        "compute_capability": "sm_90",
-        "max_batch": 64,
-        "opt_batch": 16,
-        "plugin_library": None,
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / "manifest.json").write_text(manifest.to_json())
     return directory
 
 
@@ -363,12 +358,12 @@ def test_compare_runs_onnx_files_of_a_tensorrt_bundle_without_tensorrt(no_tensor
 def test_onnxruntime_bundles_carry_the_planned_engine_commands(bundle):
     """A bundle built on a CPU lists the trtexec/polygraphy lines that lower it on the GPU machine."""
     directory = bundle("test_vit", method="ats", buckets=ATS_BUCKETS)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    report = (directory / "report.md").read_text()
-    assert manifest["backend"] == "onnxruntime" and "Not built here" in report
-    for k, stage in enumerate(manifest["stages"]):
-        plan = stage["tensorrt_plan"]
-        expected = len(trt_backend.stage_buckets(manifest["stages"], k)) + 1  # + the catch-all
+    manifest = read_manifest(directory)
+    report, script = (directory / "report.md").read_text(), (directory / "engines.sh").read_text()
+    assert manifest.backend == "onnxruntime" and "Not built here" in report
+    for k, stage in enumerate(manifest.stages):
+        plan = stage.tensorrt_plan
+        expected = len(trt_backend.stage_buckets(manifest.stages, k)) + 1  # + the catch-all
         assert len(plan) == expected and plan[-1]["bucket"] == FALLBACK
-        line = next(x for x in report.splitlines() if x.startswith(f"trtexec --onnx={stage['file']} "))
+        line = next(x for x in script.splitlines() if x.startswith(f"trtexec --onnx={stage.file} "))
         assert line.count("--profile=") == expected

@@ -10,7 +10,6 @@ the manifest records for the boundary that feeds the stage. A parse or build fai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import onnx
@@ -23,6 +22,7 @@ from tokcompile import TokcompileError, _defaults
 from tokcompile.backends import get_backend
 from tokcompile.backends.base import BuildOptions
 from tokcompile.backends.tensorrt.build import EngineBuildError, engine_from_onnx
+from tokcompile.runtime.bundle import read_manifest
 from tokcompile.runtime.commands import tensorrt_rtx_command, trtexec_command
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[dev]')")
@@ -97,26 +97,26 @@ def plugin_attribute_nodes(path: Path) -> list[str]:
 @pytest.mark.parametrize("method, precision", CASES)
 def test_every_stage_builds_with_the_planned_profiles(rtx_bundle, method: str, precision: str) -> None:
     directory = rtx_bundle(method, precision)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    assert manifest["backend"] == "tensorrt-rtx" and manifest["tf32"] is False
-    block = manifest["tensorrt"]
-    assert block["flavour"] == "tensorrt-rtx" and block["version"] == trt.__version__
-    assert block["target_sm"] == [TARGET] and block["plugin_library"] is None
+    manifest = read_manifest(directory)
+    assert manifest.backend == "tensorrt-rtx" and manifest.tf32 is False
+    block = manifest.tensorrt
+    assert block.flavour == "tensorrt-rtx" and block.version == trt.__version__
+    assert block.target_sm == [TARGET] and block.plugin_library is None
     # --plugins auto under TensorRT for RTX: every token op as native layers
-    assert manifest["lowering"]["plugins"] == "off" and manifest["lowering"]["plugin_nodes"] == {}
+    assert manifest.lowering.plugins == "off" and manifest.lowering.plugin_nodes == {}
     version = ".".join(trt.__version__.split(".")[:2])
-    stages = manifest["stages"]
+    stages = manifest.stages
     assert len(stages) > 1 or method not in STAGED
     for k, stage in enumerate(stages):
-        engine = directory / stage["tensorrt_file"]
-        assert stage["tensorrt_file"] == f"{Path(stage['file']).stem}.rtx{version}-sm{TARGET}.engine"
-        assert engine.stat().st_size > 0 and stage["tensorrt_file"] in manifest["files"]
-        assert stage["tensorrt_layers"] > 0 and stage["tensorrt_plugin_layers"] == 0
-        assert not plugin_attribute_nodes(directory / stage["file"])
-        fed = stages[k - 1]["buckets"] if k > 0 else []  # the buckets of the boundary before the stage
-        assert stage["tensorrt_profiles"] == expected_profiles(onnx_inputs(directory / stage["file"]), fed)
+        built = stage.engine
+        assert built.file == f"{Path(stage.file).stem}.rtx{version}-sm{TARGET}.engine"
+        assert (directory / built.file).stat().st_size > 0 and built.file in manifest.files
+        assert built.layers > 0 and built.plugin_layers == 0
+        assert not plugin_attribute_nodes(directory / stage.file)
+        fed = stages[k - 1].buckets if k > 0 else []  # the buckets of the boundary before the stage
+        assert built.profiles == expected_profiles(onnx_inputs(directory / stage.file), fed)
         if k > 0 and method in STAGED:
-            assert len(stage["tensorrt_profiles"]) >= 3  # several buckets + the catch-all
+            assert len(built.profiles) >= 3  # several buckets + the catch-all
 
 
 @pytest.mark.slow
@@ -136,14 +136,14 @@ def test_deit_t_ats_with_calibrated_buckets(checkpoint, tmp_path) -> None:
         calib=SAMPLES,
         layers=(4, 8),
     )
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["tokens"]["calibration"]["source"] == str(SAMPLES)
-    stages = manifest["stages"]
-    assert len(stages) == 3 and all(len(s["buckets"]) >= 2 for s in stages[:-1])
+    manifest = read_manifest(out)
+    assert manifest.tokens.calibration["source"] == str(SAMPLES)
+    stages = manifest.stages
+    assert len(stages) == 3 and all(len(s.buckets) >= 2 for s in stages[:-1])
     for k, stage in enumerate(stages):
-        fed = stages[k - 1]["buckets"] if k > 0 else []
-        assert stage["tensorrt_profiles"] == expected_profiles(onnx_inputs(out / stage["file"]), fed, 197, {})
-        assert stage["tensorrt_plugin_layers"] == 0 and (out / stage["tensorrt_file"]).stat().st_size > 0
+        fed = stages[k - 1].buckets if k > 0 else []
+        assert stage.engine.profiles == expected_profiles(onnx_inputs(out / stage.file), fed, 197, {})
+        assert stage.engine.plugin_layers == 0 and (out / stage.engine.file).stat().st_size > 0
 
 
 @pytest.mark.parametrize("tf32", [False, True])
@@ -152,16 +152,16 @@ def test_builder_and_report_make_the_same_tf32_choice(rtx_bundle, tf32: bool) ->
     hold the bundle's choice, and the report's command lines must say the same."""
     assert trt.Builder(trt.Logger()).create_builder_config().get_flag(trt.BuilderFlag.TF32) is True
     directory = rtx_bundle("evit", "fp32", **({"tf32": True} if tf32 else {}))
-    manifest = json.loads((directory / "manifest.json").read_text())
-    report = (directory / "report.md").read_text()
-    assert manifest["tf32"] is tf32
-    stage = manifest["stages"][0]
-    assert stage["tensorrt_tf32"] is tf32  # read back from TensorRT's IBuilderConfig
-    line = next(x for x in report.splitlines() if x.startswith("tensorrt_rtx "))
+    manifest = read_manifest(directory)
+    script = (directory / "engines.sh").read_text()
+    assert manifest.tf32 is tf32
+    stage = manifest.stages[0]
+    assert stage.engine.tf32 is tf32  # read back from TensorRT's IBuilderConfig
+    line = next(x for x in script.splitlines() if x.startswith("tensorrt_rtx "))
     assert line == tensorrt_rtx_command(manifest, stage)
     assert ("--noTF32" in line.split()) is not tf32 and f"--computeCapabilities={TARGET}" in line.split()
-    planned = {**manifest, "tensorrt": None}  # the trtexec line such a bundle plans for full TensorRT
-    assert ("--noTF32" in trtexec_command(planned, {**stage, "tensorrt_file": None}).split()) is not tf32
+    manifest.tensorrt, stage.engine = None, None  # the trtexec line such a bundle plans for full TensorRT
+    assert ("--noTF32" in trtexec_command(manifest, stage).split()) is not tf32
 
 
 def test_load_runs_the_engines_or_falls_back_to_onnx_runtime(rtx_bundle, caplog) -> None:

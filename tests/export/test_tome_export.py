@@ -137,7 +137,7 @@ def test_build_load_compare(tome_bundle: Path) -> None:
 
 def test_compare_reads_merge_maps_as_partitions(tome_bundle: Path, monkeypatch) -> None:
     """Relabelled groups still agree; a token moved to another group is a flip in that layer only."""
-    import tokcompile.api as api
+    import tokcompile.runtime.reference as api
 
     real = api.rebuild
 

@@ -138,14 +138,14 @@ def test_evit_refuses_with_reason(name, kwargs, pattern):
 
 def test_model_kwargs_are_recorded_and_rebuilt(tmp_path):
     import tokcompile
-    from tokcompile.api import rebuild
+    from tokcompile.runtime.reference import rebuild
 
     out = tmp_path / "b"
     result = tokcompile.build(
         "vit_small_patch14_dinov2", weights="random", output=out, model_kwargs={"img_size": 224, "depth": 2}
     )
-    assert result.manifest["model"]["kwargs"] == {"img_size": 224, "depth": 2}
-    assert result.manifest["model"]["input_shape"] == [3, 224, 224] and result.manifest["model"]["grid"] == [16, 16]
+    assert result.manifest.model.kwargs == {"img_size": 224, "depth": 2}
+    assert result.manifest.model.input_shape == [3, 224, 224] and result.manifest.model.grid == [16, 16]
     gm, spec, _ = rebuild(result.manifest)
     assert spec.depth == 2 and spec.img_size == (224, 224)
     with pytest.raises(TokcompileError, match="cannot create .test_vit. with model arguments .*bogus_arg"):

@@ -67,12 +67,12 @@ def test_batch_equals_official_masked_form_per_image(official, adavit_bundle):
 def test_stages_compute_only_kept_rows_and_heads(official, adavit_bundle):
     model, _, _ = official
     runner = tokcompile.load(adavit_bundle)
-    stages = runner.manifest["stages"]
+    stages = runner.manifest.stages
     depth = len(model.blocks)
     assert len(stages) == depth + 1
-    N = runner.manifest["model"]["num_prefix_tokens"] + int(np.prod(runner.manifest["model"]["grid"]))
-    assert [(d["name"], d["max"]) for d in stages[2]["extra_dims"]] == [("heads", 2), ("mlp_tokens", N)]
-    assert "extra_dims" not in stages[0]  # block 0 has no head / sub-layer gates (keep_layers 1)
+    N = runner.manifest.model.num_tokens
+    assert [(d.name, d.max) for d in stages[2].extra_dims] == [("heads", 2), ("mlp_tokens", N)]
+    assert stages[0].extra_dims == []  # block 0 has no head / sub-layer gates (keep_layers 1)
     feeds: list[dict[str, tuple]] = []
     calls = runner.engine.calls
     runner.engine.calls = [
@@ -82,15 +82,11 @@ def test_stages_compute_only_kept_rows_and_heads(official, adavit_bundle):
     images = torch.randn(BATCH, 3, *model.patch_embed.img_size, generator=torch.Generator().manual_seed(3)).numpy()
     got = runner.run(images)
     for k in range(1, depth):  # stage k + 1 computes block k from the cut made at the end of stage k
-        dims = {d["name"]: d for d in stages[k].get("extra_dims", [])}
-        heads = dims["heads"]["values"]
-        width = feeds[k + 1][
-            next(n for n, v in zip(stages[k + 1]["inputs"], stages[k + 1]["values_in"]) if v == heads[0])
-        ][1]
+        dims = {d.name: d for d in stages[k].extra_dims}
+        heads = dims["heads"].values
+        width = feeds[k + 1][next(n for n, v in zip(stages[k + 1].inputs, stages[k + 1].values_in) if v == heads[0])][1]
         assert width == max(1, int(got[f"head_count_{k}"].max())), k
-        token_inputs = [
-            n for n, v in zip(stages[k + 1]["inputs"], stages[k + 1]["values_in"]) if v in stages[k]["token_values"]
-        ]
+        token_inputs = [n for n, v in zip(stages[k + 1].inputs, stages[k + 1].values_in) if v in stages[k].token_values]
         assert token_inputs and all(feeds[k + 1][n][1] < N for n in token_inputs), k
 
 

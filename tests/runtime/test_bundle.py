@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import tokcompile
-from tokcompile.api import rebuild
 from tokcompile.runtime import bundle as bundle_io
+from tokcompile.runtime.reference import rebuild
 
 
 def test_manifest_records_what_the_issue_lists(bundle):
@@ -20,10 +20,14 @@ def test_manifest_records_what_the_issue_lists(bundle):
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["timm_name"] == "test_vit"
     assert m["weights"]["source"] == "file" and len(m["weights"]["sha256"]) == 64
-    assert m["method"] == {"name": "evit", "params": {"keep_rate": 0.7, "layers": [2, 3, 4], "fuse": True}}
+    assert m["method"] == {
+        "name": "evit",
+        "params": {"keep_rate": 0.7, "layers": [2, 3, 4], "fuse": True},
+        "warnings": [],
+    }
     assert m["tokens"]["sequence"] == [101, 72, 52, 38]
     assert m["precision"] == "fp32"
-    assert set(m["files"]) == {"model.onnx", "report.md"}
+    assert set(m["files"]) == {"model.onnx", "engines.sh", "report.md"}
     for name, entry in m["files"].items():
         assert entry["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
     assert {"torch", "timm", "onnx", "onnxruntime", "tokcompile"} <= set(m["versions"])
@@ -44,7 +48,7 @@ def test_bundle_matches_pytorch_reference(bundle, name):
         ref = gm(torch.from_numpy(x))
     assert np.abs(got["logits"] - ref[0].numpy()).max() <= 1e-4
     assert runner(x).shape == (4, spec.num_classes)
-    assert list(got) == runner.manifest["stages"][0]["outputs"]
+    assert list(got) == runner.manifest.stages[0].outputs
     assert list(got)[:2] == ["logits", "features"] and len(got) == 5
     for name_, r in zip(got, ref):
         if name_.startswith("kept_ids_"):
@@ -79,7 +83,7 @@ def test_fp16_bundle_runs_fp16_in_onnxruntime(bundle):
 
 
 def test_failed_build_leaves_nothing(checkpoint, tmp_path, monkeypatch):
-    import tokcompile.export.onnx as export
+    import tokcompile.export.stages as export
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated export failure")

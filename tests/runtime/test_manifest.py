@@ -8,12 +8,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import assert_user_error, run
 
 import tokcompile
+from tokcompile.manifest import Manifest, ManifestError
 from tokcompile.runtime import bundle as bundle_io
-from tokcompile.runtime.bundle import ManifestError
 
 
 @pytest.fixture
@@ -38,22 +39,25 @@ def _stage(m: dict) -> dict:
 
 
 CASES = [
-    (lambda m: m.pop("files"), "'files' must be a dict"),
-    (lambda m: m.update(files=list(m["files"])), "'files' must be a dict"),
-    (lambda m: m.pop("stages"), "'stages' must be a list"),
+    (lambda m: m.pop("files"), "'files' is missing"),
+    (lambda m: m.update(files=list(m["files"])), "'files' must be an object, got list"),
+    (lambda m: m.pop("stages"), "'stages' is missing"),
     (lambda m: m.update(stages=[]), "'stages' is empty"),
-    (lambda m: m.pop("model"), "'model' must be a dict"),
-    (lambda m: m.pop("tokens"), "'tokens' must be a dict"),
-    (lambda m: m["model"].update(kwargs=[1, 2]), "'model.kwargs' must be a dict"),
-    (lambda m: m["model"].update(input_shape=[3, "a", 160]), "model.input_shape"),
+    (lambda m: m.pop("model"), "'model' is missing"),
+    (lambda m: m.pop("tokens"), "'tokens' is missing"),
+    (lambda m: m["model"].update(kwargs=[1, 2]), "'model.kwargs' must be an object, got list"),
+    (lambda m: m["model"].update(input_shape=[3, "a", 160]), r"'model.input_shape\[1\]' must be an integer"),
     (lambda m: m.update(precision="fp8"), "'precision' must be one of"),
-    (lambda m: m["files"]["model.onnx"].pop("sha256"), "sha256' must be 64 lowercase hex"),
+    (lambda m: m["files"]["model.onnx"].pop("sha256"), "'files.model.onnx.sha256' is missing"),
+    (lambda m: m["files"]["model.onnx"].update(sha256="XYZ"), "sha256' must be 64 lowercase hex"),
+    (lambda m: m["gmacs"].update(dense=float("nan")), "'gmacs.dense' must be a finite number"),
+    (lambda m: m["weights"].update(surprise=1), r"'weights' has unknown field\(s\) surprise"),
     (lambda m: m["files"].update({"../../etc/passwd": m["files"]["model.onnx"]}), "outside the bundle"),
     (lambda m: m["files"].update({"/etc/passwd": m["files"]["model.onnx"]}), "outside the bundle"),
     (lambda m: _stage(m).update(file="/etc/hostname"), "outside the bundle"),
     (lambda m: _stage(m).update(onnxruntime_file="../other/model.onnx"), "outside the bundle"),
     (lambda m: m["files"].pop("model.onnx"), "which 'files' does not list"),
-    (lambda m: _stage(m).update(outputs="logits"), "outputs' must be a list"),
+    (lambda m: _stage(m).update(outputs="logits"), "'stages\\[0\\].outputs' must be a list"),
     (lambda m: m.update(final_outputs={"logits": "renamed"}), "no stage outputs"),
 ]
 
@@ -69,17 +73,62 @@ def test_malformed_manifests_are_one_line_errors(copy_of, change, message):
 def test_staged_manifest_fields(copy_of):
     out = copy_of("ats", buckets="40,60,80")
     m = json.loads((out / "manifest.json").read_text())
-    bundle_io.validate_manifest(out, m)
-    boundary = next(s for s in m["stages"] if s.get("count"))
+    Manifest.from_json(m, str(out))
+    boundary = next(i for i, s in enumerate(m["stages"]) if s.get("count"))
     for change, message in [
         (lambda s: s.update(buckets="40,60"), "buckets' must be a list"),
-        (lambda s: s.update(buckets=[40, -1]), "buckets' must hold integers"),
+        (lambda s: s.update(buckets=[40, -1]), "buckets' must hold positive token counts"),
         (lambda s: s.update(count="count_renamed"), "count' names 'count_renamed', which is not one of its outputs"),
     ]:
         broken = json.loads(json.dumps(m))
-        change(next(s for s in broken["stages"] if s["index"] == boundary["index"]))
+        change(broken["stages"][boundary])
         with pytest.raises(ManifestError, match=message):
-            bundle_io.validate_manifest(out, broken)
+            Manifest.from_json(broken, str(out))
+
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.parametrize("name", ["v1_ats.json", "v1_tensorrt_rtx.json"])
+def test_version_1_manifests_read(name):
+    """Real version-1 manifests (written by earlier tokcompile builds) upgrade in memory."""
+    data = json.loads((HERE / "manifests" / name).read_text())
+    assert data["format_version"] == 1
+    m = Manifest.from_json(data, name)
+    assert m.format_version == 2 and m.stages and m.files
+    if name == "v1_ats.json":
+        assert m.staged and m.tokens.staged and m.tokens.warnings and "RANDOM-noise" in m.tokens.warnings[0]
+        assert all(s.buckets == [60, 80] for s in m.stages if s.count)
+    else:
+        engine = m.stages[0].engine
+        assert engine is not None and engine.file == data["stages"][0]["tensorrt_file"]
+        assert engine.profiles == data["stages"][0]["tensorrt_profiles"] and engine.layers > 0
+        assert m.tensorrt.flavour == "tensorrt-rtx" and m.tensorrt.target_sm == [80]
+    assert json.loads(m.to_json())["format_version"] == 2  # written back as version 2
+
+
+def test_a_version_1_bundle_still_loads_and_runs(copy_of):
+    """A bundle whose manifest is in the version-1 layout runs as it did."""
+    out = copy_of("ats", buckets="40,60,80")
+    images = np.random.default_rng(0).standard_normal((3, 3, 160, 160), dtype=np.float32)
+    expected = tokcompile.load(out).run(images)
+    m = json.loads((out / "manifest.json").read_text())
+    m["format_version"] = 1
+    m["tokens"]["warning"] = " ".join(m["tokens"].pop("warnings"))
+    for s in m["stages"]:
+        s["input"] = s["inputs"][0]
+    (out / "manifest.json").write_text(json.dumps(m))
+    got = tokcompile.load(out).run(images)
+    assert list(got) == list(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_the_writer_and_the_reader_agree(copy_of):
+    out = copy_of("ats", buckets="40,60,80")
+    m = bundle_io.read_manifest(out)
+    assert Manifest.from_json(json.loads(m.to_json()), "again") == m
+    assert json.loads(m.to_json()) == json.loads((out / "manifest.json").read_text())
 
 
 def test_deeply_nested_and_non_object_json(copy_of):

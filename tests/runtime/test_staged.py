@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -13,6 +12,7 @@ from reference_ats import eager_ats
 
 import tokcompile
 from tokcompile import TokcompileError
+from tokcompile.runtime.bundle import read_manifest
 from tokcompile.runtime.staged import DispatchStats, fit_tokens
 
 BUCKETS = "40,60,80"
@@ -30,7 +30,7 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 def test_batch_of_8_equals_each_image_alone_against_eager_reference(ats_bundle, models):
     model, _ = models("test_vit")
     runner = tokcompile.load(ats_bundle)
-    params = runner.manifest["method"]["params"]
+    params = runner.manifest.method.params
     budgets = dict(zip(params["layers"], params["max_tokens"]))
     x = images(8)
     got = runner.run(x)
@@ -47,8 +47,8 @@ def test_batch_of_8_equals_each_image_alone_against_eager_reference(ats_bundle, 
 
 def test_dispatch_uses_buckets_and_never_truncates(ats_bundle):
     runner = tokcompile.load(ats_bundle)
-    stages = runner.manifest["stages"]
-    assert [s.get("buckets") for s in stages[:-1]] == [[40, 60, 80]] * (len(stages) - 1)
+    stages = runner.manifest.stages
+    assert [s.buckets for s in stages[:-1]] == [[40, 60, 80]] * (len(stages) - 1)
     x = images(6, seed=3)
     exact = runner.engine.run(x, exact=True)
     runner.engine.stats = DispatchStats()
@@ -59,8 +59,8 @@ def test_dispatch_uses_buckets_and_never_truncates(ats_bundle):
     assert hits and all(b in (40, 60, 80) or 80 < b <= 101 for h in hits.values() for b in h)
     # a bucket list whose largest bucket is below the batch's count: runs at the count itself
     for s in stages:
-        if s.get("buckets"):
-            s["buckets"] = [8]
+        if s.buckets:
+            s.buckets = [8]
     runner.engine.stats = DispatchStats()
     small = runner.run(x)
     np.testing.assert_allclose(small["logits"], exact["logits"], atol=1e-5)
@@ -88,24 +88,24 @@ def test_fit_tokens_pads_with_masked_values():
 
 
 def test_stage_structure(ats_bundle):
-    m = json.loads((ats_bundle / "manifest.json").read_text())
-    layers = m["method"]["params"]["layers"]
-    stages = m["stages"]
+    m = read_manifest(ats_bundle)
+    layers = m.method.params["layers"]
+    stages = m.stages
     assert len(stages) == len(layers) + 1
-    assert stages[0]["inputs"] == ["images"] and stages[-1].get("count") is None
-    params = {i.name for i in onnx.load(str(ats_bundle / stages[1]["file"])).graph.initializer}
+    assert stages[0].inputs == ["images"] and stages[-1].count is None
+    params = {i.name for i in onnx.load(str(ats_bundle / stages[1].file)).graph.initializer}
     for s in stages[1:]:
-        assert all(v in s["token_values"] or v.startswith("getitem") for v in s["values_in"]), s["values_in"]
-        model = onnx.load(str(ats_bundle / s["file"]))
-        assert not set(s["inputs"]) & params  # no weight crosses a stage boundary
+        assert all(v in s.token_values or v.startswith("getitem") for v in s.values_in), s.values_in
+        model = onnx.load(str(ats_bundle / s.file))
+        assert not set(s.inputs) & params  # no weight crosses a stage boundary
         for inp in model.graph.input:
             dims = inp.type.tensor_type.shape.dim
             assert dims[0].dim_param, "dynamic batch"
-            if inp.name in s["token_values"]:
+            if inp.name in s.token_values:
                 assert dims[1].dim_param, f"{inp.name}: dynamic token dimension"
-    assert sum(1 for n in onnx.load(str(ats_bundle / stages[0]["file"])).graph.node if n.op_type == "AtsSample") == 1
-    assert m["tokens"]["calibration"]["source"] == "random"
-    assert math.isclose(m["gmacs"]["dense"] / m["gmacs"]["reduced"], m["gmacs"]["ideal_speedup"], rel_tol=1e-3)
+    assert sum(1 for n in onnx.load(str(ats_bundle / stages[0].file)).graph.node if n.op_type == "AtsSample") == 1
+    assert m.tokens.calibration["source"] == "random"
+    assert math.isclose(m.gmacs.dense / m.gmacs.reduced, m.gmacs.ideal_speedup, rel_tol=1e-3)
 
 
 def test_compare_and_bench_on_staged_bundle(ats_bundle):
@@ -113,7 +113,7 @@ def test_compare_and_bench_on_staged_bundle(ats_bundle):
     from tokcompile.verify.compare import compare
 
     report = compare(ats_bundle, batch=4, samples=1)
-    layers = tokcompile.load(ats_bundle).manifest["method"]["params"]["layers"]
+    layers = tokcompile.load(ats_bundle).manifest.method.params["layers"]
     assert report.passed and report.layer_agreement == {f"{k}_{i}": 1.0 for i in layers for k in ("count", "kept_ids")}
     result = bench(ats_bundle, batches=[2], iters=1, warmup=0)
     assert {r.name for r in result.rows} == {"reduced", "dense", "masked"}

@@ -32,7 +32,7 @@ def test_compare_reports_a_selection_flip(bundle, monkeypatch):
     """A reference whose layer-3 selection differs must show up as a flip in that layer."""
     import torch
 
-    import tokcompile.api as api
+    import tokcompile.runtime.reference as api
 
     real = api.rebuild
 

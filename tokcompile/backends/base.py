@@ -5,10 +5,10 @@ A backend turns a bundle's exported stage files into what it runs, and runs them
 - ``probe()``: None when it can build here, else the reason (one line);
 - ``check_options(options)``: refuse build options it does not take, before anything is exported;
 - ``lowering(mode, ops)``: the ``--plugins`` mode its token-op nodes are exported with;
-- ``plan(directory, stages, full_count, options)``: record each stage's TensorRT optimization
-  profiles (``tensorrt_plan``), pure: it reads the ONNX files and needs no TensorRT;
+- ``plan(directory, stages, full_count, options)``: each stage's TensorRT optimization profiles
+  (``tensorrt_plan``), pure: it reads the ONNX files and needs no TensorRT;
 - ``build(directory, stages, full_count, options)``: write its files next to the stage files and
-  return them with the manifest block that describes them;
+  return them with one engine entry per stage and the record of the build;
 - ``unavailable(manifest)``: None when ``load`` can run the bundle here, else the reason;
 - ``load(directory, manifest, threads)``: one callable per stage for ``runtime/staged.StagedRunner``.
 
@@ -27,6 +27,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from ..errors import TokcompileError
+from ..manifest import EngineEntry, EnginesRecord, Manifest, Profile, StageEntry
 
 StageCall = Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -62,12 +63,12 @@ class BuildOptions:
 
 @dataclass
 class BuildOutput:
-    """What ``Backend.build`` wrote: files (relative to the bundle) and the manifest block for them
-    (``block_key`` → ``block``; no block when the backend runs the ONNX files themselves)."""
+    """What ``Backend.build`` wrote: files (relative to the bundle), one engine per stage, and the
+    record of the build (none of either when the backend runs the ONNX files themselves)."""
 
     files: list[str] = field(default_factory=list)
-    block_key: Optional[str] = None
-    block: Optional[dict[str, Any]] = None
+    engines: list[EngineEntry] = field(default_factory=list)
+    record: Optional[EnginesRecord] = None
 
 
 @dataclass
@@ -92,15 +93,17 @@ class Backend(Protocol):
 
     def lowering(self, mode: str, ops: Iterable[Any]) -> str: ...
 
-    def plan(self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions) -> None: ...
+    def plan(
+        self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions
+    ) -> list[list[Profile]]: ...
 
     def build(
-        self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions
+        self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions
     ) -> BuildOutput: ...
 
-    def unavailable(self, manifest: dict[str, Any]) -> Optional[str]: ...
+    def unavailable(self, manifest: Manifest) -> Optional[str]: ...
 
-    def load(self, directory: Path, manifest: dict[str, Any], threads: Optional[int] = None) -> Loaded: ...
+    def load(self, directory: Path, manifest: Manifest, threads: Optional[int] = None) -> Loaded: ...
 
 
 class BackendBase:
@@ -134,13 +137,15 @@ class BackendBase:
     def lowering(self, mode: str, ops: Iterable[Any]) -> str:
         return mode
 
-    def plan(self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions) -> None:
-        """Record each stage's TensorRT profiles (``tensorrt_plan``): what this backend builds, or,
-        for one that builds nothing, what report.md's engine commands use."""
+    def plan(
+        self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions
+    ) -> list[list[Profile]]:
+        """Each stage's TensorRT profiles (``tensorrt_plan``): what this backend builds, or, for one
+        that builds nothing, what report.md's engine commands use."""
         from .tensorrt.profiles import plan_profiles
 
         try:
-            plan_profiles(directory, stages, full_count, options.max_batch)
+            return plan_profiles(directory, stages, full_count, options.max_batch)
         except ValueError as exc:
             raise TokcompileError(
                 f"{exc}; TensorRT profiles cover batch, token counts and the extra dims the manifest records, so "

@@ -12,12 +12,13 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from .. import _defaults
 from ..errors import TokcompileError
+from ..manifest import Manifest, Profile, StageEntry
 from .base import BackendBase, BuildOptions, BuildOutput, Loaded
 
 logger = logging.getLogger(__name__)
@@ -81,37 +82,35 @@ class OnnxRuntime(BackendBase):
         options = super().check_options(options)
         return dataclasses.replace(options, tf32=_defaults.TRT_TF32 if options.tf32 is None else options.tf32)
 
-    def plan(self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions) -> None:
+    def plan(
+        self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions
+    ) -> list[list[Profile]]:
         try:
-            super().plan(directory, stages, full_count, options)
+            return super().plan(directory, stages, full_count, options)
         except TokcompileError as exc:  # only report.md's engine commands need the plan
             logger.warning("no TensorRT engine commands in report.md: %s", exc)
-            for stage in stages:
-                stage.pop("tensorrt_plan", None)
+            return [[] for _ in stages]
 
-    def build(
-        self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions
-    ) -> BuildOutput:
+    def build(self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions) -> BuildOutput:
         return BuildOutput()
 
-    def unavailable(self, manifest: dict[str, Any]) -> Optional[str]:
+    def unavailable(self, manifest: Manifest) -> Optional[str]:
         return None
 
-    def load(self, directory: Path, manifest: dict[str, Any], threads: Optional[int] = None) -> Loaded:
-        stages = manifest["stages"]
-        first = stages[0]
-        if first["onnxruntime_file"] != first["file"]:
+    def load(self, directory: Path, manifest: Manifest, threads: Optional[int] = None) -> Loaded:
+        first = manifest.stages[0]
+        if first.onnxruntime_file != first.file:
             logger.warning(
                 "ONNX Runtime cannot execute the %s graph on this CPU (%s); running its fp32 twin %s",
-                manifest["precision"],
-                first.get("onnxruntime_note", "see manifest"),
-                first["onnxruntime_file"],
+                manifest.precision,
+                first.onnxruntime_note or "see manifest",
+                first.onnxruntime_file,
             )
         try:
-            calls = [load(Path(directory) / s["onnxruntime_file"], threads).session.run for s in stages]
+            calls = [load(Path(directory) / s.onnxruntime_file, threads).session.run for s in manifest.stages]
         except Exception as exc:  # ONNX Runtime's own types: InvalidProtobuf, Fail, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise TokcompileError(
                 f"bundle '{directory}': ONNX Runtime cannot load its ONNX files ({first}); rebuild the bundle"
             ) from None
-        return Loaded(calls, first["onnxruntime_file"], first["onnxruntime_precision"])
+        return Loaded(calls, first.onnxruntime_file, first.onnxruntime_precision)

@@ -169,17 +169,16 @@ def run(args: argparse.Namespace) -> bool:
         tf32=args.tf32,
     )
     m = result.manifest
-    g = m["gmacs"]
+    g = m.gmacs
     print(f"bundle: {result.bundle}")
-    print(f"tokens: {' → '.join(map(str, m['tokens']['sequence']))}")
-    print(f"GMACs: {g['reduced']:.3f} (dense {g['dense']:.3f}, ideal speed-up {g['ideal_speedup']:.3f}x)")
-    for b in m["tokens"].get("boundaries", []):
-        print(f"stage {b['stage']}: tokens mean {b['mean']} (min {b['min']}, max {b['max']}), buckets {b['buckets']}")
-    if "tensorrt" in m:
-        t = m["tensorrt"]
-        sms = ", ".join(f"sm_{sm}" for sm in t.get("target_sm") or [])
-        tf32 = "on" if m.get("tf32") else "off"
-        print(f"{t.get('flavour', 'tensorrt')} {t['version']} for {sms}, TF32 {tf32}: {len(m['stages'])} engine(s)")
-    if m["weights"]["source"] == "random":
+    print(f"tokens: {' → '.join(map(str, m.tokens.sequence))}")
+    print(f"GMACs: {g.reduced:.3f} (dense {g.dense:.3f}, ideal speed-up {g.ideal_speedup:.3f}x)")
+    for b in m.tokens.boundaries:
+        print(f"stage {b.stage}: tokens mean {b.mean} (min {b.min}, max {b.max}), buckets {b.buckets}")
+    if m.tensorrt is not None:
+        t = m.tensorrt
+        sms = ", ".join(f"sm_{sm}" for sm in t.target_sm or [])
+        print(f"{t.flavour} {t.version} for {sms}, TF32 {'on' if m.tf32 else 'off'}: {len(m.stages)} engine(s)")
+    if m.weights.source == "random":
         print("WARNING: built with RANDOM weights; pass --weights PATH for a meaningful model")
     return True

@@ -22,13 +22,13 @@ def run(args: argparse.Namespace) -> bool:
     from ..runtime.report import format_size, token_table
 
     m = read_manifest(args.bundle)
-    params = ", ".join(f"{k}={v}" for k, v in m["method"]["params"].items()) or "-"
-    g = m["gmacs"]
-    print(f"model:     {m['model']['name']} ({m['model']['timm_name']}), weights {m['weights']['source']}")
-    print(f"method:    {m['method']['name']} ({params})")
-    print(f"precision: {m['precision']}, backend {m['backend']}")
-    print(f"tokens:    {' → '.join(map(str, m['tokens']['sequence']))}")
-    print(f"GMACs:     {g['reduced']:.3f} reduced, {g['dense']:.3f} dense, ideal speed-up {g['ideal_speedup']:.3f}x")
+    params = ", ".join(f"{k}={v}" for k, v in m.method.params.items()) or "-"
+    g = m.gmacs
+    print(f"model:     {m.model.name} ({m.model.timm_name}), weights {m.weights.source}")
+    print(f"method:    {m.method.name} ({params})")
+    print(f"precision: {m.precision}, backend {m.backend}")
+    print(f"tokens:    {' → '.join(map(str, m.tokens.sequence))}")
+    print(f"GMACs:     {g.reduced:.3f} reduced, {g.dense:.3f} dense, ideal speed-up {g.ideal_speedup:.3f}x")
     print("\n".join(token_table(m)))
     bench = Path(args.bundle) / BENCH_FILE
     if bench.is_file():
@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> bool:
     else:
         print("measured:  not yet ('tokcompile bench' measures and records it)")
     print("files (sha256 verified):")
-    for name, entry in m["files"].items():
-        print(f"  {name:24} {format_size(entry['bytes']):>10}  {entry['sha256'][:16]}")
+    for name, entry in m.files.items():
+        print(f"  {name:24} {format_size(entry.bytes):>10}  {entry.sha256[:16]}")
     return True

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> bool:
 
     import onnxruntime
 
-    from .. import __version__
+    from .._version import __version__
     from ..errors import TokcompileError
     from ..outputs import check_file
     from ..profiles import Profile, save_profile

@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> bool:
+    from ..api import build
     from ..verify.sweep import parse_values, sweep
 
     if args.keep_rate is not None:
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> bool:
     else:
         param, values = "r", parse_values(args.r, "--r", "int")
     result = sweep(
+        build,
         args.model,
         param,
         values,

@@ -46,10 +46,10 @@ def _prepare(
         return target, model, manifest
     manifest = read_manifest(target)  # a one-line error names a missing or corrupt bundle
     model = model_name(target, name)
-    gpu = get_backend(manifest["backend"]).device != "gpu" or _cuda_visible()
+    gpu = get_backend(manifest.backend).device != "gpu" or _cuda_visible()
     if not gpu:
         logger.warning(
-            "serve: no CUDA device here; the %s bundle's instances run its ONNX files on the CPU", manifest["backend"]
+            "serve: no CUDA device here; the %s bundle's instances run its ONNX files on the CPU", manifest.backend
         )
     values = (settings["max_batch"], settings["max_queue_delay_us"], settings["instances"])
     repository = workdir / "repository"
@@ -92,9 +92,7 @@ def serve(
         repository, model, manifest = _prepare(target, Path(tmp), name, settings)
         ends = endpoints(host, http_port, grpc_port, metrics_port)
         server = TritonServer([repository], ends, Path(tmp))
-        logger.info(
-            "serve: model '%s' from %s: %s", model, target, describe(manifest, f"{manifest['backend']} (built)")
-        )
+        logger.info("serve: model '%s' from %s: %s", model, target, describe(manifest, f"{manifest.backend} (built)"))
         restore = _handle_signals(stop, abort)
         try:
             server.start()

@@ -33,9 +33,11 @@ from typing import Any, Optional
 
 import onnx
 
-from .. import __version__, _defaults, outputs
+from .. import _defaults, outputs
+from .._version import __version__
 from ..backends import get_backend
 from ..errors import TokcompileError
+from ..manifest import Manifest
 from ..runtime.bundle import MANIFEST, read_manifest
 from ..runtime.commands import stage_profiles
 from .triton_model import INPUT, OUTPUTS
@@ -65,7 +67,7 @@ def batching(
     max_batch: Optional[int] = None,
     max_queue_delay_us: Optional[int] = None,
     instances: Optional[int] = None,
-    manifest: Optional[dict[str, Any]] = None,
+    manifest: Optional[Manifest] = None,
     gpu: bool = True,
 ) -> Batching:
     """Resolve defaults and check ranges; raises TokcompileError naming the flag. With a TensorRT
@@ -74,7 +76,7 @@ def batching(
     is False (no GPU here: they run the ONNX files)."""
     cap = _engine_max_batch(manifest) if manifest is not None else None
     default = min(_defaults.TRITON_MAX_BATCH, cap or _defaults.TRITON_MAX_BATCH)
-    on_gpu = manifest is not None and get_backend(manifest["backend"]).device == "gpu"
+    on_gpu = manifest is not None and get_backend(manifest.backend).device == "gpu"
     resolved = Batching(
         default if max_batch is None else max_batch,
         _defaults.TRITON_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us,
@@ -103,26 +105,24 @@ def model_name(bundle: Path, name: Optional[str]) -> str:
     return clean
 
 
-def _engine_max_batch(manifest: dict[str, Any]) -> Optional[int]:
+def _engine_max_batch(manifest: Manifest) -> Optional[int]:
     """The largest batch every TensorRT profile of every stage accepts (None: no engines)."""
-    maxima = [shapes[2][0] for s in manifest["stages"] for p in stage_profiles(s) for shapes in p.values() if shapes[2]]
+    maxima = [shapes[2][0] for s in manifest.stages for p in stage_profiles(s) for shapes in p["shapes"].values()]
     return min(maxima) if maxima else None
 
 
-def _output_dims(bundle: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
+def _output_dims(bundle: Path, manifest: Manifest) -> dict[str, list[int]]:
     """Per served output (logits, features): its dims without the batch, from the ONNX files."""
-    final = manifest.get("final_outputs") or {n: n for n in manifest["stages"][0]["outputs"]}
+    final = manifest.final_outputs
     dims: dict[str, list[int]] = {}
     for name in OUTPUTS:
         value = final.get(name)
-        for stage in manifest["stages"]:
-            if value in stage["outputs"]:
+        for stage in manifest.stages:
+            if value in stage.outputs:
                 try:
-                    graph = onnx.load(str(bundle / stage["file"]), load_external_data=False).graph
+                    graph = onnx.load(str(bundle / stage.file), load_external_data=False).graph
                 except Exception as exc:  # a corrupt protobuf raises DecodeError, among others
-                    raise TokcompileError(
-                        f"cannot read '{bundle / stage['file']}' ({exc}); rebuild the bundle"
-                    ) from None
+                    raise TokcompileError(f"cannot read '{bundle / stage.file}' ({exc}); rebuild the bundle") from None
                 (tensor,) = [t for t in graph.output if t.name == value]
                 shape = tensor.type.tensor_type.shape.dim[1:]
                 dims[name] = [d.dim_value if d.HasField("dim_value") else -1 for d in shape]
@@ -132,11 +132,11 @@ def _output_dims(bundle: Path, manifest: dict[str, Any]) -> dict[str, list[int]]
 
 
 def entry_config(
-    name: str, manifest: dict[str, Any], dims: dict[str, list[int]], settings: Batching, bundle_parameter: str
+    name: str, manifest: Manifest, dims: dict[str, list[int]], settings: Batching, bundle_parameter: str
 ) -> str:
     """config.pbtxt of the entry model serving a bundle (``bundle_parameter``: where model.py finds it;
     ``dims``: per output, its dims without the batch)."""
-    image_dims = ", ".join(map(str, manifest["model"]["input_shape"]))
+    image_dims = ", ".join(map(str, manifest.model.input_shape))
     outputs = ",\n".join(
         f'  {{\n    name: "{n}"\n    data_type: TYPE_FP32\n    dims: [ {", ".join(map(str, d))} ]\n  }}'
         for n, d in dims.items()
@@ -171,7 +171,7 @@ parameters {{
 
 
 def write_entry_model(
-    model_dir: Path, name: str, bundle: Path, manifest: dict[str, Any], settings: Batching, copy_bundle: bool
+    model_dir: Path, name: str, bundle: Path, manifest: Manifest, settings: Batching, copy_bundle: bool
 ) -> dict[str, list[int]]:
     """``model_dir``/config.pbtxt and 1/model.py; the bundle is copied into 1/bundle or, with
     ``copy_bundle`` False (``tokcompile serve``), referenced by its absolute path. Returns the
@@ -197,13 +197,13 @@ def _copy_tree(source: Path, target: Path) -> None:
             shutil.copyfile(path, target / path.name)
 
 
-def _readme(name: str, manifest: dict[str, Any], dims: dict[str, list[int]], settings: Batching) -> str:
-    model = manifest["model"]
-    shape = ", ".join(map(str, model["input_shape"]))
+def _readme(name: str, manifest: Manifest, dims: dict[str, list[int]], settings: Batching) -> str:
+    model = manifest.model
+    shape = ", ".join(map(str, model.input_shape))
     outputs = "\n".join(f"| output `{n}` | FP32 | [b, {', '.join(map(str, d))}] |" for n, d in dims.items())
-    return f"""# Triton repository: {model["name"]} · {manifest["method"]["name"]} · {manifest["precision"]}
+    return f"""# Triton repository: {model.name} · {manifest.method.name} · {manifest.precision}
 
-Written by `tokcompile export-triton` ({__version__}) from a `{manifest["backend"]}` bundle. One model,
+Written by `tokcompile export-triton` ({__version__}) from a `{manifest.backend}` bundle. One model,
 `{name}`: Triton's Python backend runs `{name}/1/model.py`, which loads the bundle copy in
 `{name}/1/{BUNDLE_DIR}/` with `tokcompile.load` (every file's sha256 is checked) and runs the same
 staged runner as in-process: token buckets and split-by-count happen on the server. Clients send
@@ -211,7 +211,7 @@ images and get logits; they stage nothing.
 
 | tensor | type | shape |
 |---|---|---|
-| input `{INPUT}` | FP32 | [b, {shape}], b ≤ {settings.max_batch} (preprocessed as timm's eval transform for `{model["timm_name"]}`) |
+| input `{INPUT}` | FP32 | [b, {shape}], b ≤ {settings.max_batch} (preprocessed as timm's eval transform for `{model.timm_name}`) |
 {outputs}
 
 Dynamic batching (`max_queue_delay_microseconds: {settings.max_queue_delay_us}`) merges requests into
@@ -312,10 +312,10 @@ def triton_repo_from_bundle(
                 "tokcompile": __version__,
                 "model": model,
                 "bundle": {
-                    "fingerprint": manifest.get("fingerprint"),
-                    "model": manifest["model"]["name"],
-                    "method": manifest["method"]["name"],
-                    "precision": manifest["precision"],
+                    "fingerprint": manifest.fingerprint,
+                    "model": manifest.model.name,
+                    "method": manifest.method.name,
+                    "precision": manifest.precision,
                     "manifest": f"{model}/{VERSION}/{BUNDLE_DIR}/{MANIFEST}",
                 },
                 "max_batch": settings.max_batch,

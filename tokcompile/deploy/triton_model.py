@@ -25,6 +25,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..manifest import Manifest
+
 logger = logging.getLogger(__name__)
 
 INPUT = "images"
@@ -97,16 +99,16 @@ def _run_alone(runner: Any, images: np.ndarray, outputs: Sequence[str]) -> Answe
         return Refusal(f"the model failed on this request: {type(exc).__name__}: {exc}", internal=True)
 
 
-def describe(manifest: dict[str, Any], backend: str) -> str:
+def describe(manifest: Manifest, backend: str) -> str:
     """One line naming the bundle, the backend that runs it and its stage buckets."""
-    stages = manifest["stages"]
+    stages = manifest.stages
     buckets = "; ".join(
-        f"after stage {s['index']}: {','.join(map(str, s['buckets']))}"
+        f"after stage {s.index}: {','.join(map(str, s.buckets))}"
         for s in stages[:-1]
-        if s.get("count") and s.get("buckets")
+        if s.count and s.buckets
     )
     return (
-        f"{manifest['model']['name']} · {manifest['method']['name']} · {manifest['precision']}, backend {backend}, "
+        f"{manifest.model.name} · {manifest.method.name} · {manifest.precision}, backend {backend}, "
         f"{len(stages)} stage(s), buckets {buckets or 'none (static token counts)'}"
     )
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from ..manifest import ExtraDim, StageEntry
 from ..passes._outputs import named_outputs, output_node
 from ..passes._tokens import COUNT_DIM_KEY, PRIMARY_DIM, TOKEN_DIM_KEY, dim_name
 from ..passes.insert_evit_select import TOKEN_OP_KEY
@@ -132,11 +133,13 @@ def export_stages(
     stages: list[Stage],
     input_shape: tuple[int, ...],
     directory: Path,
+    precision: str,
     prefix: str = "stage",
     plugins: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[StageEntry]:
     """Export every stage to ``directory/<prefix><k>.onnx`` (``plugins``: on|off|auto, see
-    ``onnx_from_graph_module``); returns manifest entries."""
+    ``onnx_from_graph_module``); returns the manifest's stage entries (ONNX Runtime runs each file
+    itself, in ``precision``, until the build decides otherwise)."""
     examples = stage_examples(gm, torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)))
     entries = []
     for stage in stages:
@@ -153,12 +156,66 @@ def export_stages(
             stage.module, input_shape, directory / file, stage.outputs, inputs=inputs, plugins=plugins
         )
         entries.append(
-            {"index": stage.index, "file": file, **facts, "token_values": stage.token_values, "count": stage.count}
-            | (
-                # max: the dim's full size (the examples are uncut), for TensorRT profile ranges
-                {"extra_dims": [{**d, "max": int(examples[d["values"][0]].shape[1])} for d in stage.extra_dims]}
-                if stage.extra_dims
-                else {}
-            )
+            _entry(stage.index, file, facts, stage.inputs, precision, stage.token_values, stage.count)
+            # max: the dim's full size (the examples are uncut), for TensorRT profile ranges
+            | {
+                "extra_dims": [
+                    ExtraDim(d["name"], d["count"], d["values"], int(examples[d["values"][0]].shape[1]))
+                    for d in stage.extra_dims
+                ]
+            }
         )
-    return entries
+    return [StageEntry(**e) for e in entries]
+
+
+def _entry(
+    index: int,
+    file: str,
+    facts: dict[str, Any],
+    values_in: list[str],
+    precision: str,
+    token_values: list[str],
+    count: str | None,
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "file": file,
+        "inputs": facts["inputs"],
+        "values_in": values_in,
+        "outputs": facts["outputs"],
+        "onnxruntime_file": file,
+        "onnxruntime_precision": precision,
+        "token_inputs": facts["token_inputs"],
+        "token_values": token_values,
+        "count": count,
+        "input_types": facts["input_types"],
+        "opset": facts["opset"],
+        "custom_nodes": facts["custom_nodes"],
+        "plugin_nodes": facts["plugin_nodes"],
+        "native_nodes": facts["native_nodes"],
+    }
+
+
+def is_staged(gm: fx.GraphModule) -> bool:
+    """Whether ``split_stages`` cut ``gm`` into more than one stage."""
+    return any(n.meta.get(STAGE_KEY, 0) > 0 for n in gm.graph.nodes)
+
+
+def export_model(
+    gm: fx.GraphModule,
+    input_shape: tuple[int, ...],
+    directory: Path,
+    prefix: str,
+    precision: str,
+    plugins: str | None = None,
+) -> tuple[list[StageEntry], dict[str, str]]:
+    """Export ``gm`` as one file (``<prefix>.onnx``) or, when ``split_stages`` cut it, one file per
+    stage (``<prefix><k>.onnx``), with the ``plugins`` lowering (on|off|auto). Returns the stage
+    entries and model output name → the value that holds it."""
+    names = named_outputs(gm)
+    if not is_staged(gm):
+        file = f"{prefix}.onnx"
+        facts = onnx_from_graph_module(gm, input_shape, directory / file, names, plugins=plugins)
+        return [StageEntry(**_entry(0, file, facts, facts["inputs"], precision, [], None))], {n: n for n in names}
+    stages, final = cut_stages(gm)
+    return export_stages(gm, stages, input_shape, directory, precision, prefix, plugins), final

@@ -26,7 +26,15 @@ from .weights import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALIASES", "ModelSpec", "create_model", "resolve_model_name", "vit_model_names"]
+__all__ = [
+    "ALIASES",
+    "ModelSpec",
+    "check_weights",
+    "create_model",
+    "model_spec",
+    "resolve_model_name",
+    "vit_model_names",
+]
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,33 @@ def _timm_model(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> tor
         ) from None
 
 
+def model_spec(name: str, **timm_kwargs: Any) -> ModelSpec:
+    """The ModelSpec of ``name`` with ``timm_kwargs``, from a model built on the meta device: its
+    shapes without allocating or initialising a weight (tens of milliseconds), so every argument
+    that depends on the model (layers, buckets, image size) is checked before weights load."""
+    timm_name = resolve_model_name(name)
+    with torch.device("meta"):
+        model = _timm_model(timm_name, False, timm_kwargs)
+    return spec_of(model, timm_name)
+
+
+def check_weights(weights: Optional[str], seed: Optional[int]) -> tuple[str, int]:
+    """``--weights`` and ``--seed`` resolved (defaults) and checked without reading a file."""
+    weights = weights if weights is not None else _defaults.WEIGHTS
+    seed = seed if seed is not None else _defaults.SEED
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise TokcompileError(f"--seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
+    if weights not in ("auto", "pretrained", "random"):
+        path = Path(os.path.expanduser(weights))
+        if not path.exists() and path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+            raise TokcompileError(
+                f"--weights must be auto, pretrained, random or a checkpoint path; '{weights}' is none of these"
+            )
+        if not path.is_file():
+            raise TokcompileError(f"checkpoint '{path}' does not exist; pass an existing file to --weights")
+    return weights, seed
+
+
 def create_model(
     name: str, weights: Optional[str] = None, seed: Optional[int] = None, **timm_kwargs: Any
 ) -> tuple[torch.nn.Module, ModelSpec, dict[str, Any]]:
@@ -135,10 +170,7 @@ def create_model(
     """
 
     timm_name = resolve_model_name(name)
-    weights = weights if weights is not None else _defaults.WEIGHTS
-    seed = seed if seed is not None else _defaults.SEED
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise TokcompileError(f"--seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
+    weights, seed = check_weights(weights, seed)
     record: dict[str, Any]
     notice = None
     if weights == "auto":
@@ -171,10 +203,6 @@ def create_model(
         record = {"source": "random", "seed": seed}
     else:
         path = Path(os.path.expanduser(weights))
-        if not path.exists() and path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
-            raise TokcompileError(
-                f"--weights must be auto, pretrained, random or a checkpoint path; '{weights}' is none of these"
-            )
         state, method_state = split_method_state(read_checkpoint(path))
         model = _timm_model(timm_name, False, timm_kwargs)
         resampled = resample_position_embedding(model, state, str(path))

@@ -54,19 +54,17 @@ def twin_runner(
     bundle's own method as ONE graph at the full token count, padded positions masked: the masked
     execution research code uses, the baseline a staged bundle must beat. ``precision``: the
     twin's (default: the precision ONNX Runtime executes for the bundle). ``weights``: a
-    checkpoint path replacing the manifest's (``api.rebuild``).
+    checkpoint path replacing the manifest's (``runtime.reference.rebuild``).
     """
-    from ..api import rebuild
     from ..backends import onnxruntime as ort_backend
     from ..export.onnx import onnx_from_graph_module
     from ..passes._outputs import named_outputs
     from .bundle import read_manifest
+    from .reference import rebuild
 
     manifest = read_manifest(bundle)
-    stage = manifest["stages"][0]
-    gm, spec, _ = rebuild(
-        manifest, method=method, precision=precision or stage["onnxruntime_precision"], weights=weights
-    )
+    stage = manifest.stages[0]
+    gm, spec, _ = rebuild(manifest, method=method, precision=precision or stage.onnxruntime_precision, weights=weights)
     with tempfile.TemporaryDirectory(prefix="tokcompile-twin-") as tmp:  # the session keeps the model
         path = Path(tmp) / "twin.onnx"
         onnx_from_graph_module(gm, spec.input_shape, path, named_outputs(gm))
@@ -126,8 +124,8 @@ def bench(
     if images is not None:
         from ..data.images import image_batches, preprocessing
 
-        model = reduced.manifest["model"]
-        preprocess = preprocessing(model["timm_name"], model["input_shape"])
+        model = reduced.manifest.model
+        preprocess = preprocessing(model.timm_name, model.input_shape)
         pool = np.concatenate(list(image_batches(images, preprocess, 16, limit=max(batches))))
     rng = np.random.default_rng(seed)
     rows: list[BenchRow] = []

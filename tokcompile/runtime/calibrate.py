@@ -21,8 +21,9 @@ import torch
 
 from .. import _defaults
 from ..errors import TokcompileError
+from ..manifest import Boundary, StageEntry, TokensRecord
 from .buckets import choose_buckets, expected_latency, validate_buckets
-from .staged import StagedRunner, torch_stage_calls
+from .staged import DimCut, EagerStage, StagedRunner, torch_stage_calls
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +81,54 @@ def parse_buckets(value: Optional[str | list[int]]) -> Optional[list[int]]:
     return list(value)
 
 
+@dataclass(frozen=True)
+class StagingConfig:
+    """The staging flags of a build, checked before anything loads: ``calib`` (None: random inputs),
+    explicit ``buckets`` (None: auto, chosen with ``profile``'s latency curve), ``max_buckets``."""
+
+    calib: Optional[Path]
+    buckets: Optional[tuple[int, ...]]
+    max_buckets: int
+    profile: Any  # profiles.Profile, or None with explicit buckets
+
+
+def check_staging(
+    spec: Any,
+    calib: Optional[str | Path],
+    buckets: Optional[str | list[int]],
+    max_buckets: Optional[int],
+    profile_name: Optional[str],
+) -> StagingConfig:
+    """Validate the staging flags (bucket list, profile file, calibration folder) in milliseconds."""
+    from ..data.images import list_images
+    from ..profiles import load_profile
+
+    explicit = parse_buckets(buckets)
+    checked = tuple(validate_buckets(explicit, spec.num_tokens)) if explicit is not None else None
+    max_buckets = max_buckets if max_buckets is not None else _defaults.MAX_BUCKETS
+    if max_buckets < 1:
+        raise TokcompileError(f"--max-buckets must be ≥ 1, got {max_buckets}")
+    profile = load_profile(profile_name or _defaults.PROFILE) if checked is None else None
+    if calib is not None:
+        list_images(calib, "--calib")  # a missing or empty folder fails now, not after the export
+    return StagingConfig(Path(calib) if calib is not None else None, checked, max_buckets, profile)
+
+
 @dataclass
 class CalibrationPlan:
-    """What calibration needs, validated before anything is exported (bad flags fail fast)."""
+    """The staging config with its calibration images loaded."""
 
     images: np.ndarray
     record: dict[str, Any]  # manifest tokens.calibration
     explicit: Optional[list[int]]
     max_buckets: int
     profile: Any  # Profile, or None with explicit buckets
+
+
+def load_calibration(spec: Any, staging: StagingConfig) -> CalibrationPlan:
+    images, record = _calibration_images(spec, staging.calib, _defaults.CALIB_IMAGES)
+    explicit = list(staging.buckets) if staging.buckets is not None else None
+    return CalibrationPlan(images, record, explicit, staging.max_buckets, staging.profile)
 
 
 def plan_calibration(
@@ -98,23 +138,24 @@ def plan_calibration(
     max_buckets: Optional[int],
     profile_name: Optional[str],
 ) -> CalibrationPlan:
-    from ..profiles import load_profile
+    """``check_staging`` and ``load_calibration`` in one step."""
+    return load_calibration(spec, check_staging(spec, calib, buckets, max_buckets, profile_name))
 
-    explicit = parse_buckets(buckets)
-    if explicit is not None:
-        explicit = list(validate_buckets(explicit, spec.num_tokens))
-    max_buckets = max_buckets if max_buckets is not None else _defaults.MAX_BUCKETS
-    if max_buckets < 1:
-        raise TokcompileError(f"--max-buckets must be ≥ 1, got {max_buckets}")
-    profile = load_profile(profile_name or _defaults.PROFILE) if explicit is None else None
-    images, record = _calibration_images(spec, calib, _defaults.CALIB_IMAGES)
-    return CalibrationPlan(images, record, explicit, max_buckets, profile)
+
+@dataclass
+class Calibration:
+    """What calibration found: buckets per boundary stage (by index), the manifest's token record,
+    and the mean GMACs per image at each image's own token counts."""
+
+    buckets: dict[int, list[int]]
+    tokens: TokensRecord
+    gmacs: float
 
 
 def calibrate(
-    plan: CalibrationPlan, gm: Any, spec: Any, stages: list[dict[str, Any]], final: dict[str, str]
-) -> dict[str, Any]:
-    """Fill ``stages[i]["buckets"]``; return the manifest's token summary (with ``gmacs``)."""
+    plan: CalibrationPlan, gm: Any, spec: Any, stages: list[StageEntry], final: dict[str, str]
+) -> Calibration:
+    """Token counts of the calibration images after each boundary stage and the buckets for them."""
     from ..export.stages import cut_stages
     from ..models.flops import count_gmacs_staged
     from ..passes._outputs import named_outputs
@@ -124,53 +165,56 @@ def calibrate(
         outputs = dict(zip(named_outputs(gm), gm(torch.from_numpy(images))))
     value_of = {v: k for k, v in final.items()}
     latency = profile.latency(spec.embed_dim, _defaults.BUCKET_BATCH) if profile is not None else None
-    boundaries = []
+    boundaries: list[Boundary] = []
+    buckets: dict[int, list[int]] = {}
     warnings: list[str] = []
     missed: list[tuple[int, np.ndarray]] = []  # boundaries where most counts lie above every --buckets value
     for stage in stages:
-        if not stage.get("count"):
+        if not stage.count:
             continue
-        name = value_of[stage["count"]]
+        name = value_of[stage.count]
         counts = outputs[name].numpy().astype(int)
         if explicit is not None:
-            chosen = explicit
+            chosen = list(explicit)
         else:
             chosen = list(
                 choose_buckets(counts, spec.num_tokens, latency, plan.max_buckets, _defaults.BUCKET_BATCH).buckets
             )
-        stage["buckets"] = chosen
+        buckets[stage.index] = chosen
         if explicit is not None and float((counts > max(chosen)).mean()) > 0.5:
-            missed.append((stage["index"], counts))
-        boundary = {
-            "stage": stage["index"],
-            "output": name,
-            "mean": round(float(counts.mean()), 2),
-            "min": int(counts.min()),
-            "max": int(counts.max()),
-            "buckets": chosen,
-        }
-        if latency is not None:
-            boundary["expected_ms_per_block"] = round(
-                expected_latency(chosen, counts, latency, _defaults.BUCKET_BATCH), 4
+            missed.append((stage.index, counts))
+        expected = (
+            round(expected_latency(chosen, counts, latency, _defaults.BUCKET_BATCH), 4) if latency is not None else None
+        )
+        boundaries.append(
+            Boundary(
+                stage.index,
+                name,
+                round(float(counts.mean()), 2),
+                int(counts.min()),
+                int(counts.max()),
+                chosen,
+                expected,
             )
-        boundaries.append(boundary)
+        )
     cut, cut_final = cut_stages(gm)
-    entries = [
-        {
-            "inputs": s.inputs,
-            "values_in": s.inputs,
-            "outputs": s.outputs,
-            "token_values": s.token_values,
-            "count": s.count,
-            "extra_dims": s.extra_dims,
-        }
+    eager = [
+        EagerStage(
+            s.inputs,
+            s.inputs,
+            s.outputs,
+            s.token_values,
+            s.count,
+            [],
+            [DimCut(d["count"], d["values"]) for d in s.extra_dims],
+        )
         for s in cut
     ]
-    runner = StagedRunner(entries, torch_stage_calls([s.module for s in cut]), cut_final)
+    runner = StagedRunner(eager, torch_stage_calls([s.module for s in cut]), cut_final)
     # Every calibration image, each run alone at its own counts: the mean over a handful of images
     # was off by 15 % for ATS (4.09 GMACs from 4 noise images vs 3.56 on 64 photos).
     gmacs = count_gmacs_staged(runner, images)
-    sequence = [spec.num_tokens] + [b["mean"] for b in boundaries]
+    sequence: list[float] = [spec.num_tokens] + [b.mean for b in boundaries]
     if missed:
         where = ", ".join(f"{i} ({c.min()}..{c.max()})" for i, c in missed)
         near = ", ".join(str(int(np.percentile(c, 90))) for _, c in missed)
@@ -178,7 +222,7 @@ def calibrate(
             f"most calibration images have more tokens than every --buckets value {explicit} after stage(s) {where}: "
             f"those batches run unbucketed at their own count; add buckets near {near} or use --buckets auto"
         )
-    if boundaries and all(b["min"] == spec.num_tokens for b in boundaries):
+    if boundaries and all(b.min == spec.num_tokens for b in boundaries):
         warnings.append(
             f"no token was dropped on any of the {len(images)} calibration images: the bundle runs the dense "
             "amount of work. Adaptive methods need their trained weights (A-ViT's fine-tuned channel 0, see "
@@ -186,20 +230,16 @@ def calibrate(
         )
     for text in warnings:
         logger.warning("WARNING: %s", text)
+    record = {k: v for k, v in plan.record.items() if k != "warning"}
     if "warning" in plan.record:  # said when the plan was made
         warnings.insert(0, plan.record["warning"])
     logger.info(
         "calibrate: %d images (%s); mean tokens %s; %.3f GMACs per image",
         len(images),
-        plan.record["source"],
+        record["source"],
         " → ".join(map(str, sequence)),
         gmacs,
     )
-    calibration = {**plan.record, "gmacs_images": int(len(images)), "profile": profile.name if profile else None}
-    return {
-        "calibration": calibration,
-        "boundaries": boundaries,
-        "sequence": sequence,
-        **({"warning": " ".join(warnings)} if warnings else {}),
-        "gmacs": gmacs,
-    }
+    calibration = {**record, "gmacs_images": int(len(images)), "profile": profile.name if profile else None}
+    tokens = TokensRecord(sequence, boundaries=boundaries, calibration=calibration, warnings=warnings)
+    return Calibration(buckets, tokens, gmacs)

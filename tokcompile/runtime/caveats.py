@@ -8,18 +8,18 @@ each figure they affect, so no such figure is read without them.
 
 from __future__ import annotations
 
-from typing import Any
+from ..manifest import Manifest
 
 RANDOM_WEIGHTS = "RANDOM weights"
 RANDOM_HEADS = "RANDOM decision heads"
 
 
-def caveats(manifest: dict[str, Any]) -> list[str]:
+def caveats(manifest: Manifest) -> list[str]:
     """Tags for ``manifest``: random weights; random decision heads (``method.warnings``)."""
     tags = []
-    if manifest.get("weights", {}).get("source") == "random":
+    if manifest.weights.source == "random":
         tags.append(RANDOM_WEIGHTS)
-    for warning in manifest.get("method", {}).get("warnings", []):
+    for warning in manifest.method.warnings:
         # insert_adavit_gates writes "AdaViT's decision heads are RANDOM (seed ...)" when the
         # checkpoint has none; any other method warning is named as such.
         tag = RANDOM_HEADS if "decision heads are RANDOM" in warning else "method warning in manifest"

@@ -3,7 +3,7 @@ TensorRT, tensorrt_rtx for TensorRT for RTX), check it against ONNX Runtime (pol
 load the plugin library.
 
 Pure functions of the manifest (no file access), so tests pin the exact strings. Every command
-runs from the bundle directory and makes the same TF32 choice as the build (``manifest["tf32"]``).
+runs from the bundle directory and makes the same TF32 choice as the build (``manifest.tf32``).
 Flag spellings:
 
 - trtexec (NVIDIA/TensorRT ``samples/common/sampleOptions.cpp``): ``--onnx=``, ``--saveEngine=``,
@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import shlex
 from pathlib import PurePath
-from typing import Any, Optional
+from typing import Optional
 
 from .. import _defaults
+from ..manifest import Manifest, Profile, StageEntry
 
 Shape = list[int]
-Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
 
 # Every flag the functions below can emit (tests check them against `polygraphy run --help`).
 POLYGRAPHY_FLAGS = (
@@ -85,64 +85,25 @@ TENSORRT_RTX_FLAGS = (
 POLYGRAPHY_RTX_ENV = "POLYGRAPHY_USE_TENSORRT_RTX=1"
 
 
-def _shape(value: Any) -> Optional[Shape]:
-    if isinstance(value, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in value):
-        return [int(d) for d in value]
-    return None
+def stage_profiles(stage: StageEntry) -> list[Profile]:
+    """The optimization profiles of a stage's engine: as built, else as planned (``tensorrt_plan``)."""
+    return stage.engine.profiles if stage.engine is not None else stage.tensorrt_plan
 
 
-def _triple(value: Any) -> Optional[tuple[Shape, Shape, Shape]]:
-    """{"min": [..], "opt": [..], "max": [..]} or [min, opt, max] → (min, opt, max)."""
-    if isinstance(value, dict) and {"min", "opt", "max"} <= set(value):
-        parts = [_shape(value[k]) for k in ("min", "opt", "max")]
-    elif isinstance(value, (list, tuple)) and len(value) == 3:
-        parts = [_shape(v) for v in value]
-    else:
-        return None
-    if any(p is None for p in parts):
-        return None
-    return parts[0], parts[1], parts[2]  # type: ignore[return-value]
-
-
-def stage_profiles(stage: dict[str, Any]) -> list[Profile]:
-    """The optimization profiles of a stage's engine (``tensorrt_profiles``), in profile order.
-
-    A profile is ``{input: {"min", "opt", "max"}}`` or ``{input: [min, opt, max]}``, optionally
-    under a ``"shapes"`` key beside other keys (e.g. its bucket); entries that are not shape
-    triples are ignored, so both forms read the same.
-    """
-    profiles: list[Profile] = []
-    for raw in stage.get("tensorrt_profiles") or []:
-        if not isinstance(raw, dict):
-            continue
-        nested = raw.get("shapes")
-        shapes: dict[str, Any] = nested if isinstance(nested, dict) else raw
-        profile = {name: t for name, value in shapes.items() if (t := _triple(value)) is not None}
-        if profile:
-            profiles.append(profile)
-    return profiles
-
-
-def _ordered(profile: Profile, stage: dict[str, Any]) -> list[str]:
+def _ordered(profile: Profile, stage: StageEntry) -> list[str]:
     """Input names in the stage's input order, then any others the profile names."""
-    names = [n for n in stage.get("inputs", []) if n in profile]
-    return names + [n for n in profile if n not in names]
+    shapes = profile["shapes"]
+    names = [n for n in stage.inputs if n in shapes]
+    return names + [n for n in shapes if n not in names]
 
 
-def _bundled_library(manifest: dict[str, Any]) -> Optional[str]:
-    """File name of the plugin library the ``tensorrt`` block records, if any."""
-    block = manifest.get("tensorrt") or {}
-    lib: Any = None
-    for key in ("plugin_library", "plugin_file", "plugins"):
-        if block.get(key):
-            lib = block[key]
-            break
-    if isinstance(lib, dict):
-        lib = lib.get("file") or lib.get("name") or lib.get("path")
-    return PurePath(lib).name if isinstance(lib, str) and lib else None
+def _bundled_library(manifest: Manifest) -> Optional[str]:
+    """File name of the plugin library the ``tensorrt`` record holds, if any."""
+    lib = manifest.tensorrt.plugin_library if manifest.tensorrt is not None else None
+    return PurePath(lib["file"]).name if lib and lib.get("file") else None
 
 
-def plugin_library(manifest: dict[str, Any]) -> str:
+def plugin_library(manifest: Manifest) -> str:
     """File name of the bundle's plugin library, else the default (self-registering) build."""
     return _bundled_library(manifest) or _defaults.PLUGIN_LIBRARY
 
@@ -152,66 +113,60 @@ def _is_dynamic_library(name: str) -> bool:
     return name.endswith("_dynamic.so")
 
 
-def stage_uses_plugins(manifest: dict[str, Any], stage: dict[str, Any]) -> bool:
-    """Whether a stage's ONNX file has nodes routed to plugins (needs the library to build/run)."""
-    if "plugin_nodes" in stage:
-        return bool(stage["plugin_nodes"])
-    return bool((manifest.get("lowering") or {}).get("plugin_nodes"))
+def uses_plugins(manifest: Manifest) -> bool:
+    return any(s.plugin_nodes for s in manifest.stages)
 
 
-def uses_plugins(manifest: dict[str, Any]) -> bool:
-    return any(stage_uses_plugins(manifest, s) for s in manifest.get("stages", []))
-
-
-def flavour(manifest: dict[str, Any]) -> Optional[str]:
+def flavour(manifest: Manifest) -> Optional[str]:
     """The TensorRT flavour that built the bundle's engines (tensorrt | tensorrt-rtx); None without."""
-    block = manifest.get("tensorrt")
-    return (block.get("flavour") or "tensorrt") if block else None
+    return manifest.tensorrt.flavour if manifest.tensorrt is not None else None
 
 
-def tf32(manifest: dict[str, Any]) -> bool:
+def tf32(manifest: Manifest) -> bool:
     """The build's TF32 choice. Bundles from before the choice was recorded were built with TF32
     off (Polygraphy's CreateConfig default)."""
-    return bool(manifest.get("tf32", False))
+    return bool(manifest.tf32)
 
 
-def engine_file(stage: dict[str, Any], suffix: str = ".plan") -> str:
-    return stage.get("tensorrt_file") or f"{PurePath(stage['file']).stem}{suffix}"
+def engine_file(stage: StageEntry, suffix: str = ".plan") -> str:
+    return stage.engine.file if stage.engine is not None else f"{PurePath(stage.file).stem}{suffix}"
 
 
 def _join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _profile_flags(stage: dict[str, Any]) -> list[str]:
+def _profile_flags(stage: StageEntry) -> list[str]:
     """trtexec-style ``--profile=i --minShapes=... --optShapes=... --maxShapes=...`` per profile."""
     args = []
     for i, profile in enumerate(stage_profiles(stage)):
         names = _ordered(profile, stage)
         args.append(f"--profile={i}")
         for j, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
-            spec = ",".join(f"{n}:{'x'.join(map(str, profile[n][j]))}" for n in names)
+            spec = ",".join(f"{n}:{'x'.join(map(str, profile['shapes'][n][j]))}" for n in names)
             args.append(f"{flag}={spec}")
     return args
 
 
-def trtexec_command(manifest: dict[str, Any], stage: dict[str, Any]) -> str:
+def trtexec_command(manifest: Manifest, stage: StageEntry) -> str:
     """``trtexec`` that rebuilds the stage's engine with one ``--profile`` block per bucket."""
-    args = ["trtexec", f"--onnx={stage['file']}", f"--saveEngine={engine_file(stage)}", "--stronglyTyped"]
+    args = ["trtexec", f"--onnx={stage.file}", f"--saveEngine={engine_file(stage)}", "--stronglyTyped"]
     if not tf32(manifest):
         args.append("--noTF32")
-    if stage_uses_plugins(manifest, stage):
+    if stage.plugin_nodes:
         lib = plugin_library(manifest)
         flag = "--dynamicPlugins" if _is_dynamic_library(lib) else "--staticPlugins"
         args.append(f"{flag}=./{lib}")
     return _join([*args, *_profile_flags(stage), "--skipInference"])
 
 
-def tensorrt_rtx_command(manifest: dict[str, Any], stage: dict[str, Any]) -> str:
+def tensorrt_rtx_command(manifest: Manifest, stage: StageEntry) -> str:
     """``tensorrt_rtx`` that rebuilds the stage's TensorRT for RTX engine ahead of time, for the SMs
     the bundle records (none recorded: the tool's default targets, Ampere and later)."""
-    args = ["tensorrt_rtx", f"--onnx={stage['file']}", f"--saveEngine={engine_file(stage, '.rtx.plan')}"]
-    target = (manifest.get("tensorrt") or {}).get("target_sm") if flavour(manifest) == "tensorrt-rtx" else None
+    args = ["tensorrt_rtx", f"--onnx={stage.file}", f"--saveEngine={engine_file(stage, '.rtx.plan')}"]
+    target = (
+        manifest.tensorrt.target_sm if manifest.tensorrt is not None and flavour(manifest) == "tensorrt-rtx" else None
+    )
     if target:
         args.append(f"--computeCapabilities={','.join(map(str, target))}")
     if not tf32(manifest):
@@ -223,45 +178,45 @@ def _bracket(shape: Shape) -> str:
     return f"[{','.join(map(str, shape))}]"
 
 
-def polygraphy_command(manifest: dict[str, Any], stage: dict[str, Any], bool_inputs: tuple[str, ...] = ()) -> str:
+def polygraphy_command(manifest: Manifest, stage: StageEntry) -> str:
     """``polygraphy run`` that builds the stage with TensorRT and compares it with ONNX Runtime.
 
-    Inference runs at the opt shapes of the last profile (the largest bucket). ``bool_inputs``
+    Inference runs at the opt shapes of the last profile (the largest bucket). Boolean inputs
     (token masks) are generated all-True, a valid mask; other inputs get Polygraphy's random data.
     """
     profiles = stage_profiles(stage)
-    args = ["polygraphy", "run", stage["file"], "--trt", "--onnxrt", "--strongly-typed"]
+    args = ["polygraphy", "run", stage.file, "--trt", "--onnxrt", "--strongly-typed"]
     if flavour(manifest) == "tensorrt-rtx":
         args.insert(0, POLYGRAPHY_RTX_ENV)
     if tf32(manifest):
         args.append("--tf32")
-    if stage_uses_plugins(manifest, stage):
+    if stage.plugin_nodes:
         lib = plugin_library(manifest)  # ctypes.CDLL registers nothing from a getCreators library
         args += ["--plugins", f"./{_defaults.PLUGIN_LIBRARY if _is_dynamic_library(lib) else lib}"]
     for profile in profiles:
         names = _ordered(profile, stage)
         for j, flag in enumerate(("--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes")):
-            args += [flag, *(f"{n}:{_bracket(profile[n][j])}" for n in names)]
+            args += [flag, *(f"{n}:{_bracket(profile['shapes'][n][j])}" for n in names)]
     if profiles:
         last = profiles[-1]
         args += ["--optimization-profile", str(len(profiles) - 1)]
-        args += ["--input-shapes", *(f"{n}:{_bracket(last[n][1])}" for n in _ordered(last, stage))]
-    masks = [n for n in stage.get("inputs", []) if n in bool_inputs]
+        args += ["--input-shapes", *(f"{n}:{_bracket(last['shapes'][n][1])}" for n in _ordered(last, stage))]
+    masks = [n for n in stage.inputs if stage.input_types.get(n) == "bool"]
     if masks:
         args += ["--val-range", *(f"{n}:[1,1]" for n in masks)]
-    atol = _defaults.COMPARE_ATOL.get(manifest.get("precision", "fp32"))
+    atol = _defaults.COMPARE_ATOL.get(manifest.precision)
     if atol is not None:
         args += ["--atol", str(atol)]
     return _join(args)
 
 
-def plugin_loading(manifest: dict[str, Any]) -> list[str]:
+def plugin_loading(manifest: Manifest) -> list[str]:
     """Markdown lines: how each consumer loads the plugin library (empty without plugin nodes)."""
     if not uses_plugins(manifest):
         return []
     lib = plugin_library(manifest)
-    nodes = ", ".join(f"{k}×{v}" for k, v in ((manifest.get("lowering") or {}).get("plugin_nodes") or {}).items())
-    in_bundle = _bundled_library(manifest) is not None or lib in (manifest.get("files") or {})
+    nodes = ", ".join(f"{k}×{v}" for k, v in manifest.lowering.plugin_nodes.items())
+    in_bundle = _bundled_library(manifest) is not None or lib in manifest.files
     where = f"`./{lib}` (in this bundle)" if in_bundle else f"`build/{lib}` (built by the root CMakeLists.txt)"
     lines = [
         f"Plugin nodes ({nodes or 'see manifest'}) run as TensorRT plugins in namespace "

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..backends import REFERENCE, get_backend
 from ..errors import TokcompileError
+from ..manifest import Manifest
 from .bundle import read_manifest
 from .staged import StagedRunner
 
@@ -28,16 +29,15 @@ class BundleRunner:
     """
 
     def __init__(
-        self, directory: Path, manifest: dict[str, Any], threads: Optional[int] = None, backend: Optional[str] = None
+        self, directory: Path, manifest: Manifest, threads: Optional[int] = None, backend: Optional[str] = None
     ) -> None:
         self.directory = directory
         self.manifest = manifest
-        stages = manifest["stages"]
         try:
-            built = get_backend(manifest["backend"])
+            built = get_backend(manifest.backend)
         except TokcompileError:
             raise TokcompileError(
-                f"bundle '{directory}' uses backend '{manifest['backend']}', which this tokcompile cannot run"
+                f"bundle '{directory}' uses backend '{manifest.backend}', which this tokcompile cannot run"
             ) from None
         chosen = built if backend is None else get_backend(backend)
         if chosen.name not in (built.name, REFERENCE):
@@ -56,14 +56,13 @@ class BundleRunner:
             chosen = get_backend(REFERENCE)
         loaded = chosen.load(directory, manifest, threads)
         self.backend, self.file, self.precision = chosen.name, loaded.file, loaded.precision
-        final = manifest.get("final_outputs") or {n: n for n in stages[0]["outputs"]}
+        final = manifest.final_outputs
         # Staged bundles split a batch by count where one slow image would set everyone's bucket; a
         # split must save at least one full image's token slots (runtime/buckets.split_by_count).
-        model = manifest["model"]
-        tokens = model["num_prefix_tokens"] + int(np.prod(model["grid"]))
-        self.engine = StagedRunner(stages, loaded.calls, final, split_overhead=float(tokens))
+        split = float(manifest.model.num_tokens)
+        self.engine = StagedRunner(manifest.stages, loaded.calls, final, split_overhead=split)
         self.output_names = list(final)
-        self.input_shape = tuple(manifest["model"]["input_shape"])
+        self.input_shape = manifest.input_shape
 
     def _check(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -75,7 +74,7 @@ class BundleRunner:
 
     @property
     def staged(self) -> bool:
-        return len(self.manifest["stages"]) > 1
+        return self.manifest.staged
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """All outputs: ``logits`` [B, classes], ``features``, and per reduction layer

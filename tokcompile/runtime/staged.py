@@ -10,12 +10,14 @@ token is ever dropped by dispatch.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from ..backends.base import StageCall
+from ..manifest import ExtraDim
 from .buckets import pick_bucket, split_by_count
 
 
@@ -42,17 +44,52 @@ class DispatchStats:
         return 1.0 - self.used[stage] / self.slots[stage] if self.slots[stage] else 0.0
 
 
+@dataclass(frozen=True)
+class DimCut:
+    """An extra data-dependent dim a boundary cuts to the batch's largest ``count`` (AdaViT's kept
+    heads, MLP rows); ``manifest.ExtraDim`` is one with the dim's full size besides."""
+
+    count: str
+    values: list[str]
+
+
+class LoopStage(Protocol):
+    """What the stage loop reads of a stage (``manifest.StageEntry`` has all of it)."""
+
+    inputs: list[str]
+    values_in: list[str]
+    outputs: list[str]
+    token_values: list[str]
+    count: Optional[str]
+    buckets: list[int]
+    extra_dims: Sequence[DimCut | ExtraDim]
+
+
+@dataclass
+class EagerStage:
+    """A LoopStage of a graph cut in memory (calibration, GMAC counting): no files."""
+
+    inputs: list[str]
+    values_in: list[str]
+    outputs: list[str]
+    token_values: list[str]
+    count: Optional[str] = None
+    buckets: list[int] = field(default_factory=list)
+    extra_dims: Sequence[DimCut | ExtraDim] = ()
+
+
 class StagedRunner:
     """Runs stages in order with bucket dispatch between them.
 
-    stages: manifest entries (``inputs`` ONNX names, ``values_in`` value names, ``outputs``,
-    ``token_values``, ``count``, ``buckets``, optional ``extra_dims``); calls: one callable per stage (a backend session,
-    or eager torch modules for reference and FLOP counting); final: model output → value name.
+    stages: ``LoopStage``s (a bundle's ``StageEntry``s are ones): ``inputs`` ONNX names, ``values_in``
+    value names, ``outputs``, ``token_values``, ``count``, ``buckets``, ``extra_dims``; calls: one
+    callable per stage (a backend session, or eager torch modules for reference and FLOP
+    counting); final: model output → value name.
     """
 
     def __init__(
         self,
-        stages: list[dict[str, Any]],
+        stages: Sequence[LoopStage],
         calls: list[StageCall],
         final: dict[str, str],
         split_overhead: Optional[float] = None,
@@ -75,12 +112,12 @@ class StagedRunner:
             stage = self.stages[i]
             feed = {
                 name: values[""] if i == 0 and j == 0 else values[value]
-                for j, (name, value) in enumerate(zip(stage["inputs"], stage["values_in"]))
+                for j, (name, value) in enumerate(zip(stage.inputs, stage.values_in))
             }
-            values.update(zip(stage["outputs"], self.calls[i](stage["outputs"], feed)))
-            if stage.get("count") and i + 1 < len(self.stages):
-                counts = values[stage["count"]]
-                buckets = [] if exact else stage.get("buckets") or []
+            values.update(zip(stage.outputs, self.calls[i](stage.outputs, feed)))
+            if stage.count and i + 1 < len(self.stages):
+                counts = values[stage.count]
+                buckets = [] if exact else list(stage.buckets)
                 groups = (
                     split_by_count(counts, buckets, self.split_overhead)
                     if self.split_overhead and not exact
@@ -97,10 +134,10 @@ class StagedRunner:
     def _cut(self, i: int, values: dict[str, np.ndarray], buckets: list[int]) -> dict[str, np.ndarray]:
         """Cut the token values of boundary stage ``i`` to the (sub-)batch's bucket; record it."""
         stage = self.stages[i]
-        counts = values[stage["count"]]
+        counts = values[stage.count]
         bucket = pick_bucket(int(counts.max()), buckets)
-        for name in stage["token_values"]:
-            if name in values and name in stage["outputs"]:
+        for name in stage.token_values:
+            if name in values and name in stage.outputs:
                 values[name] = fit_tokens(values[name], bucket)
         self.stats.counts[i] += counts.tolist()
         self.stats.buckets[i][bucket] += 1
@@ -109,10 +146,10 @@ class StagedRunner:
         return self._cut_extra(stage, values)
 
     @staticmethod
-    def _cut_extra(stage: dict[str, Any], values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for dim in stage.get("extra_dims", ()):  # AdaViT's heads / MLP rows: cut to the batch max
-            size = max(1, int(values[dim["count"]].max()))
-            for name in dim["values"]:
+    def _cut_extra(stage: LoopStage, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for dim in stage.extra_dims:  # AdaViT's heads / MLP rows: cut to the batch max
+            size = max(1, int(values[dim.count].max()))
+            for name in dim.values:
                 values[name] = fit_tokens(values[name], size)
         return values
 

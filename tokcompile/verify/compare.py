@@ -308,40 +308,40 @@ def compare(
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.comparator import compare as polygraphy_compare
 
-    from ..api import rebuild
     from ..data.images import image_batches, preprocessing
+    from ..runtime.reference import rebuild
 
     batch = _defaults.COMPARE_BATCH if batch is None else batch
     _check_options(batch, samples, atol, min_agreement)
     directory = Path(bundle)
     manifest = read_manifest(directory)
-    stage = manifest["stages"][0]
+    stage = manifest.stages[0]
     # A bundle runs its engines where its backend runs here, its ONNX files (ONNX Runtime) elsewhere.
-    built = get_backend(manifest["backend"])
+    built = get_backend(manifest.backend)
     unavailable = built.unavailable(manifest)
     backend = built if unavailable is None else get_backend(REFERENCE)
-    precision = stage["onnxruntime_precision"] if backend.name == REFERENCE else manifest["precision"]
+    precision = stage.onnxruntime_precision if backend.name == REFERENCE else manifest.precision
     if reference is None:
-        reference = _defaults.COMPARE_REFERENCE if manifest["precision"] != "fp32" else "same"
+        reference = _defaults.COMPARE_REFERENCE if manifest.precision != "fp32" else "same"
     if reference not in REFERENCES:
         raise TokcompileError(f"--reference must be one of {', '.join(REFERENCES)}, got '{reference}'")
     reference_precision = "fp32" if reference == "fp32" else precision
     atol = atol if atol is not None else _defaults.COMPARE_ATOL[precision]
     min_agreement = min_agreement if min_agreement is not None else _defaults.COMPARE_MIN_AGREEMENT[precision]
     gm, spec, info = rebuild(manifest, precision=reference_precision, weights=weights)
-    model = manifest["model"]
-    shape = tuple(model["input_shape"])
+    model = manifest.model
+    shape = tuple(model.input_shape)
     if images is not None:
-        preprocess = preprocessing(model["timm_name"], shape)
+        preprocess = preprocessing(model.timm_name, shape)
         data = list(image_batches(images, preprocess, batch, limit=samples * batch if samples else None))
     else:
         count = (samples or _defaults.COMPARE_SAMPLES) * batch
         data = [x for x, _ in random_batches(shape, count, batch, seed)]
-    input_name = stage["inputs"][0]
+    input_name = stage.inputs[0]
     feeds = [OrderedDict([(input_name, x)]) for x in data]
     outputs = info.get("outputs") or named_outputs(gm)
-    if len(manifest["stages"]) == 1 and backend.name == REFERENCE:
-        onnx_path = directory / stage["onnxruntime_file"]
+    if len(manifest.stages) == 1 and backend.name == REFERENCE:
+        onnx_path = directory / stage.onnxruntime_file
         bundle_runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxruntime")
     else:
         bundle_runner = StagedBundleRunner(directory, input_name, shape, backend.name)
@@ -358,7 +358,7 @@ def compare(
     diff = np.abs(ref["logits"].astype(np.float64) - got["logits"].astype(np.float64))
     effect = "features" if "features" in outputs else "logits"
     cos = cosine(np.stack(got[effect]), np.stack(ref[effect]))
-    classes = int(model.get("num_classes", ref["logits"].shape[1]))
+    classes = model.num_classes
     report = CompareReport(
         precision=precision,
         reference=reference,
@@ -406,9 +406,9 @@ def compare(
         report.polygraphy_passed = bool(accuracy)
     if backend is not built:
         report.notes.append(f"note: {built.label} cannot run here ({unavailable}); compared the bundle's ONNX files")
-    if precision != manifest["precision"]:
+    if precision != manifest.precision:
         report.notes.append(
-            f"note: ONNX Runtime cannot run the {manifest['precision']} graph on this CPU; compared its fp32 twin"
+            f"note: ONNX Runtime cannot run the {manifest.precision} graph on this CPU; compared its fp32 twin"
         )
     if not classes:
         report.notes.append("note: the model has no classifier (0 classes): no top-1 figures; its output is compared")

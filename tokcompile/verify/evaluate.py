@@ -309,9 +309,9 @@ def evaluate_bundles(
     first = runners[0].manifest
     for i, (d, r) in enumerate(zip(directories[1:], runners[1:]), start=1):
         m = r.manifest
-        same = [m["model"]["timm_name"] == first["model"]["timm_name"], r.precision == runners[0].precision]
+        same = [m.model.timm_name == first.model.timm_name, r.precision == runners[0].precision]
         if i < len(bundles):
-            same.append(m["weights"].get("digest") == first["weights"].get("digest"))
+            same.append(m.weights.digest == first.weights.digest)
         if not all(same):
             raise TokcompileError(
                 f"bundle '{d}' has another model, weights or precision than '{directories[0]}'; "
@@ -319,14 +319,14 @@ def evaluate_bundles(
             )
     precision = runners[0].precision
     if reference is None:
-        reference = _defaults.COMPARE_REFERENCE if first["precision"] != "fp32" else "same"
+        reference = _defaults.COMPARE_REFERENCE if first.precision != "fp32" else "same"
     if reference not in REFERENCES:
         raise TokcompileError(f"--reference must be one of {', '.join(REFERENCES)}, got '{reference}'")
     reference_precision = "fp32" if reference == "fp32" else precision
     stats = ImageStats()
-    labelled_model = first["model"].get("num_classes") == IMAGENET_CLASSES
-    classes = int(first["model"].get("num_classes", IMAGENET_CLASSES))
-    timm_name = first["model"]["timm_name"]
+    labelled_model = first.model.num_classes == IMAGENET_CLASSES
+    classes = first.model.num_classes
+    timm_name = first.model.timm_name
     sizes = list(dict.fromkeys(tuple(r.input_shape) for r in runners))  # the bundles' size first
     views = {str(i): sizes.index(tuple(r.input_shape)) for i, r in enumerate(runners)}
     preprocess = [preprocessing(timm_name, shape) for shape in sizes]
@@ -354,7 +354,7 @@ def evaluate_bundles(
     outputs = ["logits", "features"]
     every: list[Any] = [*runners, *models.values()]
     for model in every:
-        if "features" not in (getattr(model, "output_names", None) or model.manifest["stages"][0]["outputs"]):
+        if "features" not in (getattr(model, "output_names", None) or model.manifest.stages[0].outputs):
             outputs = ["logits"]
 
     def bundle_model(runner: Any) -> Model:
@@ -425,15 +425,15 @@ def _result(
     cosines = np.concatenate(score.cosines) if score.cosines else None
     return EvalResult(
         bundle=str(directory),
-        method=manifest["method"]["name"],
-        params=dict(manifest["method"]["params"]),
+        method=manifest.method.name,
+        params=dict(manifest.method.params),
         precision=runner.precision,
         batch=batch,
         images=score.images,
         skipped=len(stats.skipped),
         labelled=score.labelled,
         random_inputs=images is None,
-        weights=str(manifest["weights"].get("source")),
+        weights=manifest.weights.source,
         top1=score.correct / score.labelled if score.labelled else None,
         dense_top1=ref.correct / ref.labelled if ref.labelled else None,
         agreement=score.agree / score.images if classes else None,

@@ -261,23 +261,21 @@ def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = N
     out = output_path(output, image, directory)
     runner = load(directory)
     m = runner.manifest
-    geometry = m["model"]
-    if "grid" not in geometry or "patch_size" not in geometry:
-        raise TokcompileError(f"bundle '{directory}' records no patch grid in its manifest; rebuild it")
-    grid, patch = tuple(geometry["grid"]), tuple(geometry["patch_size"])
-    prefix, patches = int(geometry["num_prefix_tokens"]), grid[0] * grid[1]
-    preprocess = preprocessing(geometry["timm_name"], geometry["input_shape"])
+    geometry = m.model
+    grid, patch = (geometry.grid[0], geometry.grid[1]), (geometry.patch_size[0], geometry.patch_size[1])
+    prefix, patches = geometry.num_prefix_tokens, grid[0] * grid[1]
+    preprocess = preprocessing(geometry.timm_name, geometry.input_shape)
     x = _load_image(image, preprocess)
     outputs = runner.run(x)
     names = sorted((n for n in outputs if n.startswith((KEPT_PREFIX, MERGE_PREFIX))), key=_block)
-    method = m["method"]["name"]
+    method = m.method.name
     if not names:
         raise TokcompileError(
             f"bundle '{directory}' (method {method}) has no kept_ids_*/merge_map_* outputs; nothing to show"
         )
     picture = denormalise(x[0], preprocess.mean, preprocess.std)
     legend = LEGENDS.get(method, LEGENDS["evit"])
-    fuse = method == "evit" and bool(m["method"]["params"].get("fuse", True))
+    fuse = method == "evit" and bool(m.method.params.get("fuse", True))
     panels: list[tuple[str, np.ndarray]] = [(f"input ({picture.shape[1]}×{picture.shape[0]})", picture)]
     kept_names = [n for n in names if n.startswith(KEPT_PREFIX)]
     kept_ids = [outputs[n][0] for n in kept_names]
@@ -307,7 +305,7 @@ def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = N
                     paint_merge_groups(picture, groups, grid, patch),
                 )
             )
-    title = f"{geometry['name']} · {method} · {image.name}"
+    title = f"{geometry.name} · {method} · {image.name}"
     tags = caveats(m)
     if tags:
         title += f"\n{' and '.join(tags)}: these selections say nothing about the trained model"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -387,6 +387,7 @@ def _baseline_weights(model: str, weights: Optional[str], model_kwargs: dict[str
 
 
 def sweep(
+    build: Callable[..., Any],
     model: str,
     param: str,
     values: Sequence[Any],
@@ -407,12 +408,13 @@ def sweep(
     """Build and evaluate one bundle per value of ``param`` and the dense model at lower input
     resolutions; write CSV, Markdown and the Pareto plot.
 
+    ``build``: ``tokcompile.build`` (passed in: verify sits below the build API in the layers).
+
     ``model_kwargs`` go to ``timm.create_model`` for every bundle (``{"img_size": 224}``);
     ``resolutions``: "auto" (default: at most ``max_resolutions`` sizes at the points' GMACs),
     "none", or comma-separated sizes in px.
     """
     from .. import _defaults
-    from ..api import build
     from ..data.images import list_images
 
     method = method or _defaults.METHOD
@@ -453,7 +455,7 @@ def sweep(
             )
             bar.update(1)
     if sizes is None:
-        sizes = baseline_sizes(spec, model_kwargs, [b.manifest["gmacs"]["reduced"] for b in built], max_resolutions)
+        sizes = baseline_sizes(spec, model_kwargs, [b.manifest.gmacs.reduced for b in built], max_resolutions)
     baselines = []
     if sizes:
         logger.info("sweep: dense model at %s px as the lower-resolution baseline", ", ".join(_size(s) for s in sizes))
@@ -483,14 +485,14 @@ def sweep(
         warn_random=False,
         baselines=[b.bundle for b in baselines],
     )
-    dense_gmacs, dense_tokens = built[0].manifest["gmacs"]["dense"], built[0].manifest["tokens"]["sequence"][0]
+    dense_gmacs, dense_tokens = built[0].manifest.gmacs.dense, built[0].manifest.tokens.sequence[0]
     points = [
         SweepPoint(
             value,
             b.bundle,
-            list(b.manifest["tokens"]["sequence"]),
-            b.manifest["gmacs"]["reduced"],
-            b.manifest["gmacs"]["ideal_speedup"],
+            list(b.manifest.tokens.sequence),
+            b.manifest.gmacs.reduced,
+            b.manifest.gmacs.ideal_speedup,
             result,
         )
         for value, b, result in zip(values, built, results)
@@ -499,9 +501,9 @@ def sweep(
         SweepPoint(
             _size(size),
             b.bundle,
-            [b.manifest["tokens"]["sequence"][0]],
-            b.manifest["gmacs"]["dense"],
-            dense_gmacs / b.manifest["gmacs"]["dense"],
+            [b.manifest.tokens.sequence[0]],
+            b.manifest.gmacs.dense,
+            dense_gmacs / b.manifest.gmacs.dense,
             result,
             RESOLUTION_SERIES,
         )

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, Optional, Protocol
 
 from ...errors import TokcompileError
+from ...manifest import EngineEntry, StageEntry
 from ..base import BuildOptions
 from .profiles import describe_profile, engine_file_name, extra_dim_inputs
 
@@ -158,7 +159,7 @@ def engine_from_onnx(
     options: BuildOptions,
     full_count: Optional[int] = None,
 ) -> EngineBuild:
-    """Build ``onnx_path`` with exactly the planned profiles (``stage["tensorrt_plan"]``).
+    """Build ``onnx_path`` with exactly the planned profiles (``StageEntry.tensorrt_plan``).
 
     Plugins must be loaded already. Raises EngineBuildError (one line: file, profile, TensorRT's
     first error) when TensorRT cannot parse or build it.
@@ -202,43 +203,42 @@ def build_stages(
     trt: ModuleType,
     flavour: Flavour,
     directory: Path,
-    stages: list[dict[str, Any]],
+    stages: list[StageEntry],
     full_count: int,
     options: BuildOptions,
     target_sm: Sequence[int],
-) -> list[str]:
-    """One engine per stage ONNX file in ``directory``, built from its ``tensorrt_plan``; fills each
-    stage's ``tensorrt_file``, ``tensorrt_profiles`` and ``tensorrt_tf32`` (as TensorRT's profile and
-    config objects hold them), ``tensorrt_layers``, ``tensorrt_plugin_layers`` and
-    ``tensorrt_build_seconds``. Returns the engine file names."""
-    files = []
+) -> list[EngineEntry]:
+    """One engine per stage ONNX file in ``directory``, built from its ``tensorrt_plan``; returns
+    each stage's engine entry (profiles and TF32 as TensorRT's profile and config objects hold them)."""
+    engines = []
     for k, stage in enumerate(stages):
-        name = engine_file_name(Path(stage["file"]).stem, flavour.tag, trt.__version__, target_sm)
-        built = engine_from_onnx(trt, flavour, directory / stage["file"], stage["tensorrt_plan"], options, full_count)
-        wanted = sum((stage.get("plugin_nodes") or {}).values())
+        name = engine_file_name(Path(stage.file).stem, flavour.tag, trt.__version__, target_sm)
+        built = engine_from_onnx(trt, flavour, directory / stage.file, stage.tensorrt_plan, options, full_count)
+        wanted = sum(stage.plugin_nodes.values())
         if built.plugin_layers < wanted:
             raise EngineBuildError(
-                f"{stage['file']} has {wanted} plugin node(s) ({', '.join(stage['plugin_nodes'])}) but "
+                f"{stage.file} has {wanted} plugin node(s) ({', '.join(stage.plugin_nodes)}) but "
                 f"{flavour.label} made {built.plugin_layers} plugin layer(s): the plugin library does not "
                 "register them (see README: TensorRT)"
             )
         if built.tf32 != bool(options.tf32):
             raise RuntimeError(f"{flavour.label} kept TF32 {'on' if built.tf32 else 'off'} against the build option")
         (directory / name).write_bytes(memoryview(built.engine))
-        stage.update(
-            tensorrt_file=name,
-            tensorrt_profiles=built.profiles,
-            tensorrt_layers=built.layers,
-            tensorrt_plugin_layers=built.plugin_layers,
-            tensorrt_tf32=built.tf32,
-            tensorrt_build_seconds=round(built.seconds, 2),
+        engines.append(
+            EngineEntry(
+                file=name,
+                profiles=built.profiles,
+                plugin_layers=built.plugin_layers,
+                layers=built.layers,
+                tf32=built.tf32,
+                build_seconds=round(built.seconds, 2),
+            )
         )
-        files.append(name)
         extra = f", extra dims {sorted(extra_dim_inputs(stages, k))}" if extra_dim_inputs(stages, k) else ""
         logger.info(
             "%s: %s → %s, profiles %s%s, %d layers (%d plugin), %.1f MB, %.1f s",
             flavour.tag,
-            stage["file"],
+            stage.file,
             name,
             [p["bucket"] for p in built.profiles],
             extra,
@@ -247,4 +247,4 @@ def build_stages(
             (directory / name).stat().st_size / 1e6,
             built.seconds,
         )
-    return files
+    return engines

@@ -9,9 +9,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Optional
 
 from ... import _defaults
+from ...manifest import EnginesRecord, Manifest
 
 
 def gpu_info() -> Optional[dict[str, str]]:
@@ -95,16 +96,16 @@ def cache_path(kind: str, gpu: Mapping[str, str], tag: str, version: str) -> Pat
     return Path(_defaults.TRT_CACHE_DIR).expanduser() / f"{kind}-{slug}-{sm}-{tag}{version}.cache"
 
 
-def recorded_targets(block: Mapping[str, Any]) -> list[int]:
-    """The SMs the manifest's ``tensorrt`` block says its engines run on."""
-    if block.get("target_sm"):
-        return [int(sm) for sm in block["target_sm"]]
-    cc = block.get("compute_capability")  # bundles from before target_sm: the building GPU
+def recorded_targets(block: EnginesRecord) -> list[int]:
+    """The SMs the manifest's ``tensorrt`` record says its engines run on."""
+    if block.target_sm:
+        return list(block.target_sm)
+    cc = block.compute_capability  # bundles from before target_sm: the building GPU
     return [sm_number(cc)] if cc else []
 
 
 def check_compatible(
-    recorded: Mapping[str, Any], label: str, version: str, compute_capability: str, rebuild: str
+    recorded: EnginesRecord, label: str, version: str, compute_capability: str, rebuild: str
 ) -> Optional[str]:
     """None when engines recorded as ``recorded`` (the manifest's ``tensorrt`` block) run here.
 
@@ -112,7 +113,7 @@ def check_compatible(
     by default) and on the compute capabilities it was built for; deserializing it elsewhere
     fails inside TensorRT.
     """
-    built_version = recorded.get("version")
+    built_version = recorded.version
     targets = recorded_targets(recorded)
     here = sm_number(compute_capability) if compute_capability.startswith("sm_") else None
     if built_version == version and here in targets:
@@ -124,10 +125,10 @@ def check_compatible(
     )
 
 
-def rebuild_command(manifest: Mapping[str, Any], directory: Path | str, extra: Sequence[str] = ()) -> str:
+def rebuild_command(manifest: Manifest, directory: Path | str, extra: Sequence[str] = ()) -> str:
     parts = [
-        f"tokcompile build {manifest['model']['name']} --method {manifest['method']['name']}",
-        f"--precision {manifest['precision']} --backend {manifest['backend']}",
+        f"tokcompile build {manifest.model.name} --method {manifest.method.name}",
+        f"--precision {manifest.precision} --backend {manifest.backend}",
         *extra,
         f"-o {directory} --force",
     ]

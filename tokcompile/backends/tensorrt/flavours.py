@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from ... import _defaults
 from ...errors import TokcompileError
+from ...manifest import EnginesRecord, Manifest, StageEntry
 from ..base import BackendBase, BuildOptions, BuildOutput, Loaded, parse_target_sm
 from . import env
 from .build import build_stages
@@ -35,8 +36,6 @@ from .profiles import batch_limits
 from .run import Contexts, PlainContexts, stage_calls
 
 logger = logging.getLogger(__name__)
-
-BLOCK = "tensorrt"  # the manifest block of every TensorRT-family bundle
 
 
 def write_atomic(path: Path, data: Any) -> None:
@@ -63,26 +62,25 @@ class TensorRTFamily(BackendBase):
         tf32 = _defaults.TRT_TF32 if options.tf32 is None else options.tf32
         return dataclasses.replace(options, tf32=tf32)
 
-    def block(self, trt: ModuleType, options: BuildOptions, target_sm: list[int]) -> dict[str, Any]:
+    def block(self, trt: ModuleType, options: BuildOptions, target_sm: list[int]) -> EnginesRecord:
         max_batch, opt_batch = batch_limits(options.max_batch)
-        return {
-            "flavour": self.name,
-            "version": str(trt.__version__),
-            "target_sm": target_sm,
-            "max_batch": max_batch,
-            "opt_batch": opt_batch,
-            "plugin_library": None,
-        }
+        return EnginesRecord(
+            flavour=self.name,
+            version=str(trt.__version__),
+            max_batch=max_batch,
+            opt_batch=opt_batch,
+            target_sm=target_sm,
+        )
 
-    def unavailable(self, manifest: dict[str, Any]) -> Optional[str]:
+    def unavailable(self, manifest: Manifest) -> Optional[str]:
         return env.run_problem(self.module, self.install)
 
-    def check_runs_here(self, directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-        """The manifest's ``tensorrt`` block, once its version and SMs match this machine."""
-        block = manifest.get(BLOCK)
-        if not block:
+    def check_runs_here(self, directory: Path, manifest: Manifest) -> EnginesRecord:
+        """The manifest's ``tensorrt`` record, once its version and SMs match this machine."""
+        block = manifest.tensorrt
+        if block is None or any(s.engine is None for s in manifest.stages):
             raise TokcompileError(
-                f"bundle '{directory}' has no {self.label} engines (backend {manifest.get('backend')}); "
+                f"bundle '{directory}' has no {self.label} engines (backend {manifest.backend}); "
                 f"rebuild it with --backend {self.name}"
             )
         gpu = env.gpu_info()
@@ -101,10 +99,10 @@ class TensorRTFamily(BackendBase):
     def rebuild_flags(self, gpu: Optional[dict[str, str]]) -> list[str]:
         return []
 
-    def contexts(self, directory: Path, manifest: dict[str, Any]) -> Contexts:
+    def contexts(self, directory: Path, manifest: Manifest) -> Contexts:
         return PlainContexts()
 
-    def load(self, directory: Path, manifest: dict[str, Any], threads: Optional[int] = None) -> Loaded:
+    def load(self, directory: Path, manifest: Manifest, threads: Optional[int] = None) -> Loaded:
         problem = self.unavailable(manifest)
         if problem is not None:
             raise TokcompileError(
@@ -112,12 +110,12 @@ class TensorRTFamily(BackendBase):
                 "load it with backend='onnxruntime' to run its ONNX files"
             )
         block = self.check_runs_here(directory, manifest)
-        lib = block.get("plugin_library")
-        if lib:
-            load_plugin_library(Path(directory) / lib["file"], self.module)
-        stages = manifest["stages"]
+        if block.plugin_library:
+            load_plugin_library(Path(directory) / block.plugin_library["file"], self.module)
+        stages = manifest.stages
         calls = stage_calls(self.trt(), directory, stages, self.contexts(directory, manifest))
-        return Loaded(calls, stages[0]["tensorrt_file"], manifest["precision"])
+        first = stages[0].engine
+        return Loaded(calls, first.file if first is not None else stages[0].file, manifest.precision)
 
     def configure(self, trt: ModuleType, config: Any, options: BuildOptions) -> None:
         return None
@@ -153,9 +151,7 @@ class TensorRT(TensorRTFamily):
         check_backend(mode, self.name, ops)  # an op whose body needs float64 must stay a plugin
         return mode
 
-    def build(
-        self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions
-    ) -> BuildOutput:
+    def build(self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions) -> BuildOutput:
         trt = self.trt()
         gpu = env.gpu_info()
         if gpu is None:
@@ -163,7 +159,7 @@ class TensorRT(TensorRTFamily):
         version = str(trt.__version__)
         if options.timing_cache is None:
             options = dataclasses.replace(options, timing_cache=env.cache_path("timing", gpu, self.tag, version))
-        needs = sorted({op for s in stages for op in (s.get("plugin_nodes") or {})})
+        needs = sorted({op for s in stages for op in s.plugin_nodes})
         if needs and options.plugin_lib is None:
             raise TokcompileError(
                 f"the graph routes {', '.join(needs)} to TensorRT plugins but no plugin library was found: build the "
@@ -171,17 +167,20 @@ class TensorRT(TensorRTFamily):
             )
         digest = load_plugin_library(options.plugin_lib, self.module) if options.plugin_lib is not None else None
         sm = env.sm_number(gpu["compute_capability"])
-        files = build_stages(trt, self, directory, stages, full_count, options, [sm])
-        block = {**self.block(trt, options, [sm]), "gpu": gpu["name"], "compute_capability": gpu["compute_capability"]}
+        engines = build_stages(trt, self, directory, stages, full_count, options, [sm])
+        files = [e.file for e in engines]
+        block = dataclasses.replace(
+            self.block(trt, options, [sm]), gpu=gpu["name"], compute_capability=gpu["compute_capability"]
+        )
         lib = options.plugin_lib
-        if lib is not None and any(s["tensorrt_plugin_layers"] for s in stages):
+        if lib is not None and digest is not None and any(e.plugin_layers for e in engines):
             shutil.copy2(lib, directory / lib.name)
             files.append(lib.name)
-            block["plugin_library"] = {"file": lib.name, "sha256": digest}
+            block.plugin_library = {"file": lib.name, "sha256": digest}
         elif lib is not None:
             logger.info("tensorrt: no stage uses a plugin of %s (all native layers); not copied into the bundle", lib)
         logger.info("tensorrt: timing cache %s", options.timing_cache)
-        return BuildOutput(files, BLOCK, block)
+        return BuildOutput(files, engines, block)
 
     def configure(self, trt: ModuleType, config: Any, options: BuildOptions) -> None:
         """Start from the timing cache on disk (a cache of another GPU or version is rejected)."""
@@ -248,13 +247,11 @@ class TensorRTRtx(TensorRTFamily):
                 )
         return "off"
 
-    def build(
-        self, directory: Path, stages: list[dict[str, Any]], full_count: int, options: BuildOptions
-    ) -> BuildOutput:
+    def build(self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions) -> BuildOutput:
         trt = self.trt()
         target = [int(sm) for sm in options.target_sm or ()]
-        files = build_stages(trt, self, directory, stages, full_count, options, target)
-        return BuildOutput(files, BLOCK, self.block(trt, options, target))
+        engines = build_stages(trt, self, directory, stages, full_count, options, target)
+        return BuildOutput([e.file for e in engines], engines, self.block(trt, options, target))
 
     def configure(self, trt: ModuleType, config: Any, options: BuildOptions) -> None:
         """Build for exactly ``target_sm`` (an engine with targets runs only on those SMs)."""
@@ -266,18 +263,18 @@ class TensorRTRtx(TensorRTFamily):
     def rebuild_flags(self, gpu: Optional[dict[str, str]]) -> list[str]:
         return [f"--target-sm {env.sm_number(gpu['compute_capability'])}"] if gpu else []
 
-    def contexts(self, directory: Path, manifest: dict[str, Any]) -> Contexts:
+    def contexts(self, directory: Path, manifest: Manifest) -> Contexts:
         gpu = env.gpu_info()
         if gpu is None:
             return RuntimeCaches({})
         trt = self.trt()
         folder = env.cache_path("runtime", gpu, self.tag, str(trt.__version__)).with_suffix("")
-        files = manifest.get("files") or {}
         paths = {}
-        for k, stage in enumerate(manifest["stages"]):
-            digest = (files.get(stage["tensorrt_file"]) or {}).get("sha256")
-            if digest:
-                paths[k] = folder / f"{digest[:16]}.cache"
+        for k, stage in enumerate(manifest.stages):
+            built = stage.engine
+            entry = manifest.files.get(built.file) if built is not None else None
+            if entry is not None:
+                paths[k] = folder / f"{entry.sha256[:16]}.cache"
         return RuntimeCaches(paths)
 
 

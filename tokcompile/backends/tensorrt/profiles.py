@@ -12,44 +12,42 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ... import _defaults
+from ...manifest import FALLBACK, Profile, StageEntry
 
-FALLBACK = "fallback"  # the catch-all profile's "bucket"
 
-
-def token_inputs(stage: Mapping[str, Any]) -> list[str]:
+def token_inputs(stage: StageEntry) -> list[str]:
     """Inputs of a stage whose dim 1 is the token dimension that buckets fix: dynamic
     (``token_inputs``) and a token value (``token_values``). Other dynamic inputs (AdaViT's
     heads / MLP rows) are not token inputs."""
-    tokens = set(stage.get("token_values") or [])
-    dynamic = set(stage.get("token_inputs") or [])
-    pairs = zip(stage["inputs"], stage.get("values_in") or stage["inputs"])
+    tokens, dynamic = set(stage.token_values), set(stage.token_inputs)
+    pairs = zip(stage.inputs, stage.values_in)
     return [name for name, value in pairs if name in dynamic and (value in tokens or name in tokens)]
 
 
-def stage_buckets(stages: Sequence[Mapping[str, Any]], index: int) -> list[int]:
+def stage_buckets(stages: Sequence[StageEntry], index: int) -> list[int]:
     """Token counts the runtime feeds stage ``index``: the buckets of the boundary that produced its
-    token inputs (``stages[j]["buckets"]``, chosen by calibration for the stage ending in a count).
+    token inputs (``stages[j].buckets``, chosen by calibration for the stage ending in a count).
     Empty when the stage has no token inputs or they come from different boundaries (then only
     the catch-all profile serves it)."""
     stage = stages[index]
     names = set(token_inputs(stage))
     producers: set[int] = set()
-    for name, value in zip(stage["inputs"], stage.get("values_in") or stage["inputs"]):
+    for name, value in zip(stage.inputs, stage.values_in):
         if name in names:
             # -1: not produced by an earlier stage (a model input)
-            producers.add(next((j for j in range(index) if value in stages[j]["outputs"]), -1))
+            producers.add(next((j for j in range(index) if value in stages[j].outputs), -1))
     if len(producers) != 1 or -1 in producers:
         return []
     producer = stages[producers.pop()]
-    return [int(b) for b in producer.get("buckets") or []] if producer.get("count") else []
+    return list(producer.buckets) if producer.count else []
 
 
-def extra_dim_inputs(stages: Sequence[Mapping[str, Any]], index: int) -> dict[str, int]:
+def extra_dim_inputs(stages: Sequence[StageEntry], index: int) -> dict[str, int]:
     """Inputs of stage ``index`` whose dim 1 is an extra data-dependent dim an earlier boundary
     cut to the batch's maximum (AdaViT's kept heads, MLP rows) → that dim's full size."""
-    full = {v: int(d["max"]) for s in stages[:index] for d in s.get("extra_dims") or [] for v in d["values"]}
+    full = {v: d.max for s in stages[:index] for d in s.extra_dims for v in d.values}
     stage = stages[index]
-    return {n: full[v] for n, v in zip(stage["inputs"], stage.get("values_in") or stage["inputs"]) if v in full}
+    return {n: full[v] for n, v in zip(stage.inputs, stage.values_in) if v in full}
 
 
 def stage_profiles(
@@ -124,16 +122,18 @@ def batch_limits(max_batch: Optional[int] = None) -> tuple[int, int]:
     return max_batch, min(_defaults.BUCKET_BATCH, max_batch)
 
 
-def plan_profiles(directory: Path, stages: list[dict[str, Any]], full_count: int, max_batch: Optional[int]) -> None:
-    """Record in each stage (``tensorrt_plan``) the profiles a TensorRT build makes from its ONNX
-    file. ``full_count``: the model's token count (the catch-all profile's maximum).
+def plan_profiles(
+    directory: Path, stages: Sequence[StageEntry], full_count: int, max_batch: Optional[int]
+) -> list[list[Profile]]:
+    """Per stage, the profiles a TensorRT build makes from its ONNX file (the manifest's
+    ``tensorrt_plan``). ``full_count``: the model's token count (the catch-all profile's maximum).
 
     Raises ValueError when a stage has dynamic dimensions the profiles do not cover.
     """
     max_batch, opt_batch = batch_limits(max_batch)
-    for k, stage in enumerate(stages):
-        stage["tensorrt_plan"] = stage_profiles(
-            onnx_input_shapes(directory / stage["file"]),
+    return [
+        stage_profiles(
+            onnx_input_shapes(directory / stage.file),
             token_inputs(stage),
             stage_buckets(stages, k),
             full_count,
@@ -141,6 +141,8 @@ def plan_profiles(directory: Path, stages: list[dict[str, Any]], full_count: int
             opt_batch,
             extra_dim_inputs(stages, k),
         )
+        for k, stage in enumerate(stages)
+    ]
 
 
 def pick_profile(profiles: Sequence[Mapping[str, Any]], tokens: Optional[int]) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from ...errors import TokcompileError
+from ...manifest import StageEntry
 from ..base import StageCall
 from .profiles import pick_profile, token_inputs
 
@@ -168,15 +169,18 @@ class TrtStage:
 def stage_calls(
     trt: ModuleType,
     directory: Path,
-    stages: list[dict[str, Any]],
+    stages: list[StageEntry],
     contexts: Contexts,
 ) -> list[StageCall]:
     """One TrtStage per stage engine, sharing one CUDA stream (stages run one after another)."""
     import torch
 
-    engines = [load_engine(trt, Path(directory) / s["tensorrt_file"]) for s in stages]
+    entries = [s.engine for s in stages if s.engine is not None]
+    if len(entries) != len(stages):
+        raise TokcompileError(f"bundle '{directory}' lacks an engine for some stage; rebuild it")
+    engines = [load_engine(trt, Path(directory) / e.file) for e in entries]
     stream = torch.cuda.Stream()
     return [
-        TrtStage(trt, e, s["tensorrt_profiles"], token_inputs(s), stream, contexts, k)
-        for k, (e, s) in enumerate(zip(engines, stages))
+        TrtStage(trt, engine, entry.profiles, token_inputs(s), stream, contexts, k)
+        for k, (engine, entry, s) in enumerate(zip(engines, entries, stages))
     ]
