@@ -4,7 +4,6 @@ schema and the ONNX files, the marker and --force, atomic writing with the user'
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -19,7 +18,8 @@ from cli_helpers import assert_user_error, run
 from tokcompile import TokcompileError
 from tokcompile.deploy import triton_client, triton_entry
 from tokcompile.deploy.triton import MARKER, batching, read_repository, triton_repo_from_bundle, write_entry_model
-from tokcompile.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, hash_files
+from tokcompile.manifest import EngineEntry, EnginesRecord, Manifest
+from tokcompile.runtime.bundle import MANIFEST, hash_files, read_manifest
 
 
 def model_config_pb2() -> Any:
@@ -34,10 +34,10 @@ def parse_config(path: Path) -> Any:
     return text_format.Parse(path.read_text(), model_config_pb2().ModelConfig())
 
 
-def onnx_dims(bundle: Path, manifest: dict[str, Any], output: str) -> list[int]:
-    value = manifest["final_outputs"][output]
-    for stage in manifest["stages"]:
-        for v in onnx.load(str(bundle / stage["file"])).graph.output:
+def onnx_dims(bundle: Path, manifest: Manifest, output: str) -> list[int]:
+    value = manifest.final_outputs[output]
+    for stage in manifest.stages:
+        for v in onnx.load(str(bundle / stage.file)).graph.output:
             if v.name == value:
                 return [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim[1:]]
     raise AssertionError(output)
@@ -59,15 +59,15 @@ def test_repository_layout_and_config(method: str, evit_bundle: Path, ats_bundle
     repo = tmp_path / "models"
     record = triton_repo_from_bundle(source, repo, name="m", max_batch=8, max_queue_delay_us=2500, instances=3)
     assert sorted(p.name for p in repo.iterdir()) == ["README.md", "client.py", "m", MARKER]
-    manifest = json.loads((source / MANIFEST).read_text())
+    manifest = read_manifest(source)
     bundle_copy = repo / "m" / "1" / "bundle"
     assert sorted(p.name for p in (repo / "m" / "1").iterdir()) == ["bundle", "model.py"]
-    for name in [*manifest["files"], MANIFEST]:
+    for name in [*manifest.files, MANIFEST]:
         assert (bundle_copy / name).read_bytes() == (source / name).read_bytes(), name
     assert (repo / "m" / "1" / "model.py").read_text() == Path(triton_entry.__file__).read_text()
     assert (repo / "client.py").read_text() == Path(triton_client.__file__).read_text()
     assert read_repository(repo) == record and record["model"] == "m"
-    assert record["bundle"]["method"] == method and record["bundle"]["fingerprint"] == manifest["fingerprint"]
+    assert record["bundle"]["method"] == method and record["bundle"]["fingerprint"] == manifest.fingerprint
 
     config = parse_config(repo / "m" / "config.pbtxt")
     assert config.name == "m" and config.backend == "python" and config.max_batch_size == 8
@@ -101,7 +101,7 @@ def test_defaults(evit_bundle: Path, tmp_path: Path) -> None:
 
 def test_serve_refers_to_the_bundle_in_place(ats_bundle: Path, tmp_path: Path) -> None:
     """The model ``tokcompile serve`` writes for a bundle: the same config, the bundle by absolute path."""
-    manifest = json.loads((ats_bundle / MANIFEST).read_text())
+    manifest = read_manifest(ats_bundle)
     write_entry_model(tmp_path / "m", "m", ats_bundle, manifest, batching(4, 0, 2, manifest), copy_bundle=False)
     config = parse_config(tmp_path / "m" / "config.pbtxt")
     assert config.parameters["bundle"].string_value == str(ats_bundle.resolve())
@@ -123,20 +123,18 @@ def test_client_has_no_stage_loop() -> None:
 def fake_tensorrt_bundle(evit_bundle: Path, directory: Path) -> Path:
     """The EViT bundle with the fields backends/tensorrt.py records and a stand-in engine (no
     TensorRT here; the exporter copies the bundle and reads the profiles' batch range)."""
-    manifest = json.loads((evit_bundle / MANIFEST).read_text())
+    manifest = read_manifest(evit_bundle)
     directory.mkdir()
-    stage = manifest["stages"][0]
-    shutil.copyfile(evit_bundle / stage["file"], directory / stage["file"])
+    stage = manifest.stages[0]
+    shutil.copyfile(evit_bundle / stage.file, directory / stage.file)
     (directory / "model.trt10.13-sm90.engine").write_bytes(b"engine")
     shapes = {"images": [[1, 3, 160, 160], [16, 3, 160, 160], [32, 3, 160, 160]]}
-    stage.update(
-        tensorrt_file="model.trt10.13-sm90.engine",
-        tensorrt_profiles=[{"bucket": "fallback", "shapes": shapes}, {"bucket": 1, "shapes": shapes}],
-    )
-    manifest.update(backend="tensorrt", stages=[stage], tensorrt={"version": "10.13.0.35"})
-    manifest["files"] = hash_files(directory, [p.name for p in directory.iterdir()])
-    assert manifest["format"] == FORMAT and manifest["format_version"] == FORMAT_VERSION
-    (directory / MANIFEST).write_text(json.dumps(manifest))
+    profiles = [{"bucket": "fallback", "shapes": shapes}, {"bucket": 1, "shapes": shapes}]
+    stage.engine = EngineEntry("model.trt10.13-sm90.engine", profiles)
+    manifest.backend, manifest.stages = "tensorrt", [stage]
+    manifest.tensorrt = EnginesRecord("tensorrt", "10.13.0.35", 32, 16)
+    manifest.files = hash_files(directory, [p.name for p in directory.iterdir()])
+    (directory / MANIFEST).write_text(manifest.to_json())
     return directory
 
 
@@ -152,9 +150,9 @@ def test_tensorrt_bundle(evit_bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(TokcompileError, match="--max-batch 33 exceeds the 32 images"):
         triton_repo_from_bundle(trt_bundle, tmp_path / "m33", max_batch=33)
     # tokcompile serve without a GPU: CPU instances (the runner falls back to the ONNX files).
-    manifest = json.loads((trt_bundle / MANIFEST).read_text())
+    manifest = read_manifest(trt_bundle)
     assert batching(manifest=manifest).kind == "KIND_GPU" and batching(manifest=manifest, gpu=False).kind == "KIND_CPU"
-    assert batching(manifest=json.loads((evit_bundle / MANIFEST).read_text())).kind == "KIND_CPU"
+    assert batching(manifest=read_manifest(evit_bundle)).kind == "KIND_CPU"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m32", "models", "trt-bundle"]  # nothing half-written
 
 
