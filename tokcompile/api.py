@@ -75,10 +75,11 @@ def _export_model(
     """
     from .export.onnx import onnx_from_graph_module
     from .export.stages import cut_stages, export_stages
-    from .passes._outputs import named_outputs
+    from .passes.graph_outputs import named_outputs
+    from .passes.names import STAGE_KEY
 
     names = named_outputs(gm)
-    if not any("tokcompile.stage" in n.meta and n.meta["tokcompile.stage"] > 0 for n in gm.graph.nodes):
+    if not any(STAGE_KEY in n.meta and n.meta[STAGE_KEY] > 0 for n in gm.graph.nodes):
         facts = onnx_from_graph_module(gm, spec.input_shape, directory / f"{prefix}.onnx", names, plugins=plugins)
         entry = {"index": 0, "name": "main", "file": f"{prefix}.onnx", **facts, "values_in": facts["inputs"]}
         return [entry], {n: n for n in names}
@@ -101,7 +102,7 @@ def rebuild(
     path overriding the recorded one, for a machine where that path does not exist), and must
     hash to the recorded digest.
     """
-    from .methods import apply_method, get_method, resolve_config
+    from .methods import adapt_checkpoint, apply_method, get_method, resolve_config
     from .models import create_model
 
     record = manifest["weights"]
@@ -111,8 +112,12 @@ def rebuild(
             "pass a copy of it with --weights PATH"
         )
     source = weights if weights is not None else record["path"] if record["source"] == "file" else record["source"]
-    model, spec, got = create_model(
-        manifest["model"]["timm_name"], weights=source, seed=record.get("seed"), **manifest["model"].get("kwargs", {})
+    model, spec, got, method_state = create_model(
+        manifest["model"]["timm_name"],
+        weights=source,
+        seed=record.get("seed"),
+        checkpoint_adapter=adapt_checkpoint,
+        **manifest["model"].get("kwargs", {}),
     )
     if got["digest"] != record["digest"]:
         if weights is not None:
@@ -126,7 +131,7 @@ def rebuild(
     m = get_method(method or manifest["method"]["name"])
     params = manifest["method"]["params"] if m.name == manifest["method"]["name"] else {}
     config = resolve_config(m, spec, params)
-    gm, info = apply_method(model, spec, m, config, precision or manifest["precision"])
+    gm, info = apply_method(model, spec, m, config, precision or manifest["precision"], method_state=method_state)
     return gm, spec, info
 
 
@@ -158,7 +163,7 @@ def build(
     from ``profile``'s latency curve and the counts seen on ``calib`` images, at most
     ``max_buckets`` per stage) or a list of token counts used for every stage.
     ``plugins`` (on|off|auto, default auto) picks the token-op nodes that TensorRT runs as
-    plugins instead of native layers (ops/_lowering.py); it is recorded as ``manifest["lowering"]``.
+    plugins instead of native layers (ops/lowering.py); it is recorded as ``manifest["lowering"]``.
     ``backend``: onnxruntime (default), tensorrt (one engine per stage file, next to the ONNX
     files, built on this machine's GPU; ``plugin_lib``, ``timing_cache``, ``max_batch`` apply),
     tensorrt-rtx (TensorRT for RTX engines built ahead of time on any machine for ``target_sm``,
@@ -173,13 +178,13 @@ def build(
     from .backends import onnxruntime as ort_backend
     from .backends import resolve
     from .backends.base import BuildOptions
-    from .methods import METHODS, apply_method, get_method, resolve_config
+    from .methods import METHODS, adapt_checkpoint, apply_method, get_method, resolve_config
     from .models import create_model
     from .models.flops import count_gmacs
     from .ops import TOKEN_OPS
-    from .ops._lowering import check_mode as check_plugin_mode
-    from .ops._lowering import lowering_summary
-    from .passes.cast_precision import precision_dtype
+    from .ops.lowering import check_mode as check_plugin_mode
+    from .ops.lowering import lowering_summary
+    from .precision import check_precision
     from .runtime import bundle as bundle_io
     from .runtime.calibrate import calibrate, plan_calibration
     from .runtime.report import write_report
@@ -188,7 +193,7 @@ def build(
     method_name = method or _defaults.METHOD
     precision = precision or _defaults.PRECISION
     backend = backend or _defaults.BACKEND
-    precision_dtype(precision)
+    check_precision(precision)
     plugins = check_plugin_mode(plugins)
     requested = BuildOptions(
         max_batch=max_batch,
@@ -205,7 +210,9 @@ def build(
     # bundle is this very build is known once the weights are hashed, under the lock below.
     outputs.check_directory(out, bundle_io.owned_files, "tokcompile bundle", force=True)
     model_kwargs = dict(model_kwargs or {})
-    torch_model, spec, weights_record = create_model(model, weights=weights, seed=seed, **model_kwargs)
+    torch_model, spec, weights_record, method_state = create_model(
+        model, weights=weights, seed=seed, checkpoint_adapter=adapt_checkpoint, **model_kwargs
+    )
     config = resolve_config(m, spec, params)
     method_params = config.params() if config is not None else {}
     build_choices = {"plugins": plugins, "tf32": options.tf32, "target_sm": options.target_sm}
@@ -225,7 +232,7 @@ def build(
         plan = plan_calibration(spec, calib, buckets, max_buckets, profile) if m.staged else None
         if "notice" in weights_record:  # every input is valid now: say it once, prominently
             logger.warning("%s", weights_record.pop("notice"))
-        gm, info = apply_method(torch_model, spec, m, config, precision)
+        gm, info = apply_method(torch_model, spec, m, config, precision, method_state=method_state)
         for warning in info.get("method_warnings", []):
             logger.warning("WARNING: %s", warning)
         # the lowering this backend can build: e.g. no plugin nodes for one that runs no plugins
@@ -243,7 +250,7 @@ def build(
                 reduced_fp32 = gm
             else:
                 with _quiet("tokcompile.passes"):  # the same passes again; their figures were logged above
-                    reduced_fp32 = apply_method(torch_model, spec, m, config, "fp32")[0]
+                    reduced_fp32 = apply_method(torch_model, spec, m, config, "fp32", method_state=method_state)[0]
             reason = ort_backend.cannot_execute(tmp / stages[0]["file"]) if precision != "fp32" else None
             if reason is not None:
                 logger.warning(

@@ -117,7 +117,7 @@ def calibrate(
     """Fill ``stages[i]["buckets"]``; return the manifest's token summary (with ``gmacs``)."""
     from ..export.stages import cut_stages
     from ..models.flops import count_gmacs_staged
-    from ..passes._outputs import named_outputs
+    from ..passes.graph_outputs import named_outputs
 
     images, explicit, profile = plan.images, plan.explicit, plan.profile
     with torch.no_grad():
