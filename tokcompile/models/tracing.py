@@ -64,7 +64,6 @@ def capture(model: torch.nn.Module) -> fx.GraphModule:
         if node in guards:
             graph.erase_node(node)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__ + "Graph")
-    gm.meta["tokcompile.source"] = type(model).__name__
     return gm
 
 

@@ -44,7 +44,7 @@ class DeitBlock:
 def _layer_norm_args(node: fx.Node) -> tuple[fx.Node, Any, Any, float]:
     """(input, weight, bias, eps) of an F.layer_norm call node."""
     names = ("input", "normalized_shape", "weight", "bias", "eps")
-    args = dict(zip(names, node.args))
+    args: dict[str, Any] = dict(zip(names, node.args))
     args.update(node.kwargs)
     return args["input"], args.get("weight"), args.get("bias"), float(args.get("eps", 1e-5))
 
@@ -81,7 +81,7 @@ def _between(nodes: list[fx.Node], start: fx.Node, end: fx.Node) -> list[fx.Node
 
 
 def _modules(gm: fx.GraphModule, nodes: list[fx.Node], kind: type) -> list[fx.Node]:
-    return [n for n in nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), kind)]
+    return [n for n in nodes if n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), kind)]
 
 
 def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
@@ -95,9 +95,9 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
     # q, k, v come from one Linear (qkv) whose input is a LayerNorm of the block input, which is
     # also the attention residual's skip operand (a pre-norm block).
     qkv_node = next((n for n in reversed(_ancestors(block.sdpa)) if _is_linear(gm, n)), None)
-    ln1 = qkv_node.args[0] if qkv_node is not None else None
-    if not _is_layer_norm(ln1):
+    if qkv_node is None or not _is_layer_norm(qkv_node.args[0]):
         raise not_deit
+    ln1: Any = qkv_node.args[0]
     x = _layer_norm_args(ln1)[0]
     if x not in block.attn_residual.args[:2]:
         raise not_deit
@@ -105,7 +105,7 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
     attn_out = _between(nodes, block.sdpa, block.attn_residual)
     mlp = _between(nodes, block.attn_residual, block.mlp_residual)
     proj, linears = _modules(gm, attn_out, torch.nn.Linear), _modules(gm, mlp, torch.nn.Linear)
-    ln2 = linears[0].args[0] if linears else None
+    ln2: Any = linears[0].args[0] if linears else None
     if (
         len(_modules(gm, nodes, torch.nn.Linear)) != 4
         or len(proj) != 1
@@ -130,7 +130,7 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
                 f"{what} {SUPPORTED}"
             )
     acts = [n for n in _between(nodes, fc1, fc2) if n.op == "call_module" and not _is_identity(gm, n)]
-    act = gm.get_submodule(acts[0].target) if len(acts) == 1 else None
+    act = gm.get_submodule(str(acts[0].target)) if len(acts) == 1 else None
     if not (isinstance(act, torch.nn.GELU) and act.approximate == "none"):
         name = acts[0].target if acts else f"{where} MLP activation"
         raise TokcompileError(
@@ -138,7 +138,7 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
         )
     for node in nodes:
         if node.op == "call_module" and node not in (qkv_node, *proj, fc1, fc2, *acts) and not _is_identity(gm, node):
-            module = gm.get_submodule(node.target)
+            module = gm.get_submodule(str(node.target))
             raise TokcompileError(
                 f"method '{method}' supports DeiT blocks as its official code defines them; '{node.target}' is "
                 f"{type(module).__name__} {SUPPORTED}"
@@ -167,11 +167,11 @@ def _ancestors(node: fx.Node) -> list[fx.Node]:
 
 
 def _is_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), torch.nn.Linear)
+    return node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), torch.nn.Linear)
 
 
 def _is_identity(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), IDENTITY_MODULES)
+    return node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), IDENTITY_MODULES)
 
 
 def _path(node: fx.Node) -> str:
