@@ -30,10 +30,10 @@ import torch
 import torch.fx as fx
 
 from tokcompile.data.images import image_batches, preprocessing
-from tokcompile.methods import apply_method, get_method, resolve_config
+from tokcompile.methods import adapt_checkpoint, apply_method, get_method, resolve_config
 from tokcompile.models import create_model
 from tokcompile.ops.ats_sample import ats_sample, ats_sample_float64_one
-from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
+from tokcompile.passes.names import TOKEN_OP_KEY
 
 
 def batches(images: str, spec: Any, batch: int, limit: int | None) -> Any:
@@ -77,7 +77,7 @@ class _Tap(fx.Interpreter):
 
 
 def measure(name: str, args: argparse.Namespace) -> None:
-    model, spec, _ = create_model(name, weights=args.weights, seed=0)
+    model, spec, _, _ = create_model(name, weights=args.weights, seed=0, checkpoint_adapter=adapt_checkpoint)
     if args.weights == "random":
         with torch.no_grad():
             for blk in model.blocks:

@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--qk-scale", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    model, spec, _ = create_model(args.model, weights="random")
+    model, spec, _, _ = create_model(args.model, weights="random")
     with torch.no_grad():
         for blk in model.blocks:
             blk.attn.qkv.weight[: 2 * spec.embed_dim] *= args.qk_scale

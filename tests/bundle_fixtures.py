@@ -75,7 +75,7 @@ def dinov2_checkpoint(tmp_path_factory) -> Path:
 
     from tokcompile.models import create_model
 
-    model, _, _ = create_model(DINOV2, weights="random", seed=0, **DINOV2_KWARGS)
+    model, _, _, _ = create_model(DINOV2, weights="random", seed=0, **DINOV2_KWARGS)
     with torch.no_grad():
         for blk in model.blocks:
             blk.attn.qkv.weight[: 2 * blk.attn.qkv.in_features] *= 4.0

@@ -51,7 +51,7 @@ class ModelZoo:
     def __call__(self, name: str) -> tuple[torch.nn.Module, ModelSpec]:
         if name not in self._models:
             torch.manual_seed(SEED)
-            model, spec, _ = create_model(name, weights="random", seed=SEED)
+            model, spec, _, _ = create_model(name, weights="random", seed=SEED)
             _sharpen_attention(model)
             self._models[name] = (model, spec)
         return self._models[name]

@@ -28,13 +28,17 @@ def method_graph(
 ) -> tuple[fx.GraphModule, PassContext]:
     """Capture zoo model ``name`` and run ``method``'s pipeline (or ``passes``) with debug linting.
 
-    ``params`` go to the method's config; ``precision`` (for cast_precision) to ``ctx.info``.
-    ``ctx.info["modified"]`` is the run's PassResult.modified.
+    ``params`` go to the method's config; ``precision`` (for cast_precision) to ``ctx.info``; the
+    method state is prepared as ``apply_method`` prepares it for a checkpoint without method
+    tensors. ``ctx.info["modified"]`` is the run's PassResult.modified.
     """
     model, spec = models(name)
     m = get_method(method)
     config = resolve_config(m, spec, params)
     ctx = PassContext(spec, config, layers=tuple(getattr(config, "layers", ())), debug=True)
+    if m.prepare_state is not None:
+        ctx.method_state, warnings = m.prepare_state(spec, config, {})
+        ctx.info["method_warnings"] = warnings
     if precision is not None:
         ctx.info["precision"] = precision
     result = run_passes(capture(model), m.pipeline if passes is None else passes, ctx)

@@ -52,8 +52,7 @@ def official_masked_adavit(model, state, images, keep_layers=1, t_thr=0.6, h_thr
     B, N, C = x.shape
     decisions = []
     for i_blk, blk in enumerate(model.blocks):
-        a = blk.attn
-        H, hd = a.num_heads, C // a.num_heads
+        H = blk.attn.num_heads
 
         def head(kind, inp, i_blk=i_blk):
             key = KINDS[kind].format(l=i_blk)
@@ -64,20 +63,34 @@ def official_masked_adavit(model, state, images, keep_layers=1, t_thr=0.6, h_thr
             ls = (head("layers", x[:, 0]) > l_thr).float()
         else:
             hs, ls = torch.ones(B, H), torch.ones(B, 2)
-        width = hs[:, :, None].expand(B, H, hd).reshape(B, 1, C)
         h = blk.norm1(x)
         ts = torch.cat([torch.ones(B, 1), (head("tokens", h[:, 1:])[..., 0] > t_thr).float()], dim=1)
-        w, b = a.qkv.weight, a.qkv.bias
-        q, k, v = ((h @ w[i * C : (i + 1) * C].T + b[i * C : (i + 1) * C]) * width for i in range(3))
-        q, k, v = (t.reshape(B, N, H, hd).transpose(1, 2) for t in (q, k, v))
-        logits = q @ k.transpose(-2, -1) * hd**-0.5
-        policy = (ts[:, :, None] * ts[:, None, :])[:, None]
-        eye = torch.eye(N)
-        logits = logits * policy + torch.zeros_like(logits).masked_fill((1 - policy - eye) > 0, float("-inf"))
-        o = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
-        attn_x = ((o * width) @ a.proj.weight.T + a.proj.bias) * ts[..., None]
-        x = x + ls[:, 0, None, None] * attn_x
-        mlp = blk.mlp.fc2(blk.mlp.act(blk.mlp.fc1(blk.norm2(x) * width)))
-        x = x + ls[:, 1, None, None] * mlp * ts[..., None]
+        x = masked_block(blk, x, ts, hs, ls)
         decisions.append((ts.bool(), hs.bool(), ls.bool()))
     return model.forward_head(model.norm(x)), decisions
+
+
+@torch.no_grad()
+def masked_block(blk, x, ts, hs, ls):
+    """One timm DeiT block the official dense-masking way: x [B, N, C]; ts [B, N], hs [B, H], ls [B, 2]
+    the token, head and sub-layer decisions as 0/1 floats. Every token and head is computed; skipped
+    tokens are masked out of the attention with -inf logits (a token always sees itself), dropped
+    heads zeroed at the qkv output and proj input channels (and fc1's input), the sub-layers
+    multiplied by their gate and by the token mask."""
+    a = blk.attn
+    B, N, C = x.shape
+    H, hd = a.num_heads, C // a.num_heads
+    width = hs[:, :, None].expand(B, H, hd).reshape(B, 1, C)
+    h = blk.norm1(x)
+    w, b = a.qkv.weight, a.qkv.bias
+    q, k, v = ((h @ w[i * C : (i + 1) * C].T + b[i * C : (i + 1) * C]) * width for i in range(3))
+    q, k, v = (t.reshape(B, N, H, hd).transpose(1, 2) for t in (q, k, v))
+    logits = q @ k.transpose(-2, -1) * hd**-0.5
+    policy = (ts[:, :, None] * ts[:, None, :])[:, None]
+    eye = torch.eye(N)
+    logits = logits * policy + torch.zeros_like(logits).masked_fill((1 - policy - eye) > 0, float("-inf"))
+    o = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+    attn_x = ((o * width) @ a.proj.weight.T + a.proj.bias) * ts[..., None]
+    x = x + ls[:, 0, None, None] * attn_x
+    mlp = blk.mlp.fc2(blk.mlp.act(blk.mlp.fc1(blk.norm2(x) * width)))
+    return x + ls[:, 1, None, None] * mlp * ts[..., None]

@@ -16,15 +16,28 @@ EVIT_KEEP_RATE = 0.7
 EVIT_LAYERS_12 = (3, 6, 9)
 EVIT_FUSE = True
 
-# ToMe (methods-reference.md §2.1): r=13 (README DeiT-S/Ti), proportional attention on.
+# ToMe (methods-reference.md §2.1): r=13 (README DeiT-S/Ti), proportional attention on; every
+# block merges unless --layers says otherwise.
 TOME_R = 13
 TOME_PROP_ATTN = True
 
-# AdaViT (methods-reference.md §5.1): sigmoid thresholds; head/layer gates from block 1 on.
+# ATS (methods-reference.md §3, official DeiT-S config): sampling in blocks 3..11 of 12 (the same
+# share of other depths), budget K = every token of the network input.
+ATS_FIRST_LAYER_12 = 3
+
+# A-ViT (methods-reference.md §4.1): γ, β of the released weights by timm name; other models get
+# AVIT_GAMMA_BETA_OTHER (the small setting). ε: halting threshold 1 − ε.
+AVIT_GAMMA_BETA = {"deit_tiny_patch16_224": (10.0, 30.0), "deit_small_patch16_224": (10.0, 75.0)}
+AVIT_GAMMA_BETA_OTHER = (10.0, 75.0)
+AVIT_EPS = 0.01
+
+# AdaViT (methods-reference.md §5.1): sigmoid thresholds; head/layer gates from block 1 on. The
+# decision heads are drawn from ADAVIT_HEADS_SEED when the checkpoint has none.
 ADAVIT_TOKEN_THRESHOLD = 0.6
 ADAVIT_HEAD_THRESHOLD = 0.5
 ADAVIT_LAYER_THRESHOLD = 0.5
 ADAVIT_KEEP_LAYERS = 1
+ADAVIT_HEADS_SEED = SEED
 
 # eval
 EVAL_BATCH = 16
@@ -63,7 +76,7 @@ MAX_BATCH = 1024
 ONNX_DOMAIN = "tokcompile"  # custom ONNX nodes and their functions
 PLUGIN_NAMESPACE = "tokcompile"
 PLUGIN_VERSION = "1"
-# --plugins: which token-op nodes carry the plugin attributes (ops/_lowering.py). auto: only ops
+# --plugins: which token-op nodes carry the plugin attributes (ops/lowering.py). auto: only ops
 # without an exact native lowering (none today); native TensorRT layers everywhere else.
 PLUGINS = "auto"
 PLUGIN_LIBRARY = "libtokcompile_plugins.so"  # self-registering build of plugins/ (CMakeLists.txt)

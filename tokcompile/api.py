@@ -89,12 +89,13 @@ class _Build:
 
     def load_weights(self) -> None:
         """The model with its weights; then the output check that needs the weights' digest."""
+        from .methods import adapt_checkpoint
         from .models import create_model
         from .runtime.bundle import check_output
 
         choice = self.config.model
-        self.torch_model, _, record = create_model(
-            choice.name, weights=choice.weights, seed=choice.seed, **choice.kwargs
+        self.torch_model, _, record, self.method_state = create_model(
+            choice.name, weights=choice.weights, seed=choice.seed, checkpoint_adapter=adapt_checkpoint, **choice.kwargs
         )
         notice = record.pop("notice", None)
         self.weights = WeightsRecord(**record)
@@ -108,7 +109,9 @@ class _Build:
         from .methods import apply_method
 
         c = self.config
-        self.gm, self.info = apply_method(self.torch_model, self.spec, c.method, c.method_config, c.precision)
+        self.gm, self.info = apply_method(
+            self.torch_model, self.spec, c.method, c.method_config, c.precision, method_state=self.method_state
+        )
         for warning in self.info.get("method_warnings", []):
             logger.warning("WARNING: %s", warning)
 
@@ -121,7 +124,9 @@ class _Build:
         if self._fp32 is None:
             c = self.config
             with _quiet("tokcompile.passes"):  # the same passes again; their figures were logged above
-                self._fp32 = apply_method(self.torch_model, self.spec, c.method, c.method_config, "fp32")[0]
+                self._fp32 = apply_method(
+                    self.torch_model, self.spec, c.method, c.method_config, "fp32", method_state=self.method_state
+                )[0]
         return self._fp32
 
     @contextmanager
@@ -194,7 +199,7 @@ class _Build:
 
     def manifest(self, start: float) -> Manifest:
         """The manifest: the one place its content is assembled."""
-        from .ops._lowering import lowering_summary
+        from .ops.lowering import lowering_summary
 
         c, spec = self.config, self.spec
         summary = lowering_summary(

@@ -94,14 +94,14 @@ class BuildConfig:
         from .backends.base import BuildOptions
         from .methods import METHODS, get_method, resolve_config
         from .models import check_weights, model_spec
-        from .ops._lowering import check_mode
-        from .passes.cast_precision import precision_dtype
+        from .ops.lowering import check_mode
+        from .precision import check_precision
         from .runtime.bundle import owned_files
         from .runtime.calibrate import check_staging
 
         m = get_method(method or _defaults.METHOD)
         precision = precision or _defaults.PRECISION
-        precision_dtype(precision)
+        check_precision(precision)
         plugins = check_mode(plugins)
         requested = BuildOptions(
             max_batch=max_batch,

@@ -217,7 +217,7 @@ def test_plugins_auto_exports_no_plugin_node_for_any_registered_op() -> None:
     """TensorRT for RTX runs no plugins: whatever the registry says of an op (plugin, native), its
     node carries no plugin attributes under ``--plugins auto``; ``off`` stays off."""
     from tokcompile.ops import TOKEN_OPS
-    from tokcompile.ops._lowering import plugin_attributes, plugin_lowering
+    from tokcompile.ops.lowering import plugin_attributes, plugin_lowering
 
     backend = get_backend("tensorrt-rtx")
     ops = list(TOKEN_OPS.values())

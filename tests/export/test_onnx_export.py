@@ -14,7 +14,7 @@ import torch
 from exported import Exported
 
 from tokcompile.export.onnx import INPUT_NAME, onnx_from_graph_module
-from tokcompile.passes._outputs import named_outputs as output_names
+from tokcompile.passes.graph_outputs import named_outputs as output_names
 
 LOGITS_ATOL = 1e-4  # fp32, ORT CPU vs the GraphModule
 

@@ -21,7 +21,7 @@ import yaml
 import tokcompile
 from tokcompile import TokcompileError, _defaults
 from tokcompile.ops import PLUGIN_OPS, TOKEN_OPS
-from tokcompile.ops._lowering import PLUGIN_ATTRIBUTES, check_backend, check_mode, plugin_attributes, plugin_lowering
+from tokcompile.ops.lowering import PLUGIN_ATTRIBUTES, check_backend, check_mode, plugin_attributes, plugin_lowering
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML = {

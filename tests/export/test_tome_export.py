@@ -20,9 +20,10 @@ from exported import Exported
 
 import tokcompile
 from tokcompile.export.onnx import INPUT_NAME, onnx_from_graph_module
+from tokcompile.methods import get_method
 from tokcompile.methods import tome as tome_method
 from tokcompile.models.tracing import capture
-from tokcompile.passes._outputs import named_outputs as output_names
+from tokcompile.passes.graph_outputs import named_outputs as output_names
 from tokcompile.passes.manager import PassContext, run_passes
 from tokcompile.verify.compare import compare
 
@@ -34,7 +35,7 @@ def deit_tome(models, tmp_path_factory) -> Exported:
     model, spec = models("deit_t")
     config = tome_method.TomeConfig.resolve(spec, r=13)
     ctx = PassContext(spec, config, layers=config.layers, debug=True)
-    gm = run_passes(capture(model), tome_method.PIPELINE, ctx).graph_module
+    gm = run_passes(capture(model), get_method("tome").pipeline, ctx).graph_module
     path = tmp_path_factory.mktemp("onnx_tome") / "m.onnx"
     facts = onnx_from_graph_module(gm, spec.input_shape, path, output_names(gm))
     return Exported(gm, ctx, path, facts, onnx.load(str(path)))

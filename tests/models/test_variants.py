@@ -19,7 +19,7 @@ from tokcompile import TokcompileError
 from tokcompile.export.onnx import onnx_from_graph_module
 from tokcompile.methods import apply_method, get_method, resolve_config
 from tokcompile.models import create_model
-from tokcompile.passes._outputs import named_outputs as output_names
+from tokcompile.passes.graph_outputs import named_outputs as output_names
 
 DEPTH = 4
 VARIANTS = {
@@ -33,7 +33,7 @@ VARIANTS = {
 
 
 def make(name: str, kwargs: dict):
-    model, spec, _ = create_model(name, weights="random", seed=0, depth=DEPTH, **kwargs)
+    model, spec, _, _ = create_model(name, weights="random", seed=0, depth=DEPTH, **kwargs)
     with torch.no_grad():  # spread attention so top-k has no float32 near-ties (see conftest)
         for blk in model.blocks:
             blk.attn.qkv.weight[: 2 * blk.attn.qkv.in_features] *= 4.0
@@ -132,7 +132,7 @@ def test_prefix_tokens_survive_export_registers(tmp_path):
 def test_evit_refuses_with_reason(name, kwargs, pattern):
     method = get_method("evit")
     with pytest.raises(TokcompileError, match=pattern):
-        model, spec, _ = create_model(name, weights="random", depth=2, **kwargs)
+        model, spec, _, _ = create_model(name, weights="random", depth=2, **kwargs)
         apply_method(model, spec, method, resolve_config(method, spec, {}), "fp32")
 
 

@@ -13,7 +13,7 @@ from tokcompile.models.weights import read_checkpoint
 
 @pytest.fixture(scope="module")
 def reference():
-    model, spec, record = create_model("test_vit", weights="random", seed=7)
+    model, spec, record, _ = create_model("test_vit", weights="random", seed=7)
     return model, record
 
 
@@ -42,7 +42,7 @@ def test_checkpoint_formats_load_the_same_weights(reference, tmp_path, fmt):
         else:
             obj = state
         torch.save(obj, path)
-    loaded, _, got = create_model("test_vit", weights=str(path))
+    loaded, _, got, _ = create_model("test_vit", weights=str(path))
     assert got["source"] == "file" and got["digest"] == record["digest"]
     assert loaded.state_dict().keys() == state.keys()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
@@ -60,6 +60,31 @@ def test_corrupt_checkpoint(tmp_path):
         create_model("test_vit", weights=str(path))
 
 
+def test_a_checkpoint_adapter_splits_off_method_tensors(reference, tmp_path):
+    """create_model's hook: the adapter a method supplies maps its checkpoint layout to the timm
+    state dict plus method tensors, which come back explicitly and count in the digest."""
+    model, record = reference
+    state = {k.replace("head.", "classifier."): v.clone().contiguous() for k, v in model.state_dict().items()}
+    state["gate.weight"] = torch.ones(2, 3)
+    path = tmp_path / "method.safetensors"
+    save_file(state, str(path))
+    calls = []
+
+    def adapter(got: dict) -> tuple[dict, dict]:
+        calls.append(sorted(got))
+        backbone = {k.replace("classifier.", "head."): v for k, v in got.items() if not k.startswith("gate.")}
+        return backbone, {k: v for k, v in got.items() if k.startswith("gate.")}
+
+    with pytest.raises(TokcompileError, match="does not match the model"):  # no adapter: loaded as is
+        create_model("test_vit", weights=str(path))
+    loaded = create_model("test_vit", weights=str(path), checkpoint_adapter=adapter)
+    assert calls == [sorted(state)]
+    assert loaded.method_state.keys() == {"gate.weight"} and loaded.weights["method_tensors"] == 1
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert loaded.weights["digest"] != record["digest"]  # the method tensors are part of the weights
+    assert create_model("test_vit", weights="random", seed=7, checkpoint_adapter=adapter).method_state == {}
+
+
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "hook": print}, path)
@@ -68,7 +93,7 @@ def test_pickled_objects_are_refused(tmp_path):
 
 
 def test_mismatching_checkpoint_names_keys(tmp_path):
-    other, _, _ = create_model("deit_t", weights="random")
+    other, _, _, _ = create_model("deit_t", weights="random")
     path = tmp_path / "deit_t.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     with pytest.raises(TokcompileError, match=r"does not match the model: .*shape mismatch cls_token .*pos_embed"):
@@ -111,10 +136,10 @@ def _bicubic_grid(pos: torch.Tensor, prefix: int, old: int, new: tuple[int, int]
 
 
 def test_checkpoint_on_another_grid_is_resampled_and_recorded(tmp_path, caplog):
-    big, _, _ = create_model("test_vit", weights="random", seed=3, img_size=224)  # 14 × 14 patches
+    big, _, _, _ = create_model("test_vit", weights="random", seed=3, img_size=224)  # 14 × 14 patches
     path = _save(big.state_dict(), tmp_path / "w224.safetensors")
     with caplog.at_level("INFO", logger="tokcompile"):
-        model, spec, record = create_model("test_vit", weights=path)  # 160 px: 10 × 10
+        model, spec, record, _ = create_model("test_vit", weights=path)  # 160 px: 10 × 10
     assert spec.grid == (10, 10)
     assert record["resampled"] == {
         "tensor": "pos_embed",
@@ -133,10 +158,10 @@ def test_checkpoint_on_another_grid_is_resampled_and_recorded(tmp_path, caplog):
 
 def test_dinov2_checkpoint_at_518_px_loads_at_98(tmp_path):
     kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2}
-    big, _, _ = create_model("vit_small_patch14_dinov2", weights="random", img_size=518, **kwargs)
+    big, _, _, _ = create_model("vit_small_patch14_dinov2", weights="random", img_size=518, **kwargs)
     assert tuple(big.pos_embed.shape) == (1, 1370, 32)  # 37 × 37 + CLS, DINOv2's pretrained grid
     path = _save(big.state_dict(), tmp_path / "d518.safetensors")
-    model, spec, record = create_model("vit_small_patch14_dinov2", weights=path, img_size=98, **kwargs)
+    model, spec, record, _ = create_model("vit_small_patch14_dinov2", weights=path, img_size=98, **kwargs)
     assert tuple(model.pos_embed.shape) == (1, 50, 32) and record["resampled"]["from_grid"] == [37, 37]
     assert torch.allclose(model.pos_embed.detach(), _bicubic_grid(big.pos_embed.detach(), 1, 37, (7, 7)), atol=1e-6)
 

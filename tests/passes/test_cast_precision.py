@@ -18,12 +18,12 @@ from pass_helpers import assert_noop, calls, method_graph
 
 from tokcompile.errors import TokcompileError
 from tokcompile.methods import get_method
+from tokcompile.ops.ats_cls_attention import ats_cls_attention
 from tokcompile.ops.ats_sample import ats_sample
+from tokcompile.ops.cls_attention import cls_attention_row
 from tokcompile.ops.evit_select import evit_select
-from tokcompile.passes._outputs import named_outputs
-from tokcompile.passes.capture_cls_attention import cls_attention_row
 from tokcompile.passes.cast_precision import cast_precision
-from tokcompile.passes.insert_ats_sample import ats_cls_attention
+from tokcompile.passes.graph_outputs import named_outputs
 from tokcompile.passes.manager import PassError, run_passes
 from tokcompile.passes.output_features import output_features
 

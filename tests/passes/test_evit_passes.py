@@ -21,13 +21,15 @@ from tokcompile.errors import TokcompileError
 from tokcompile.methods import evit as evit_method
 from tokcompile.methods import get_method
 from tokcompile.models.tracing import capture, find_blocks
+from tokcompile.ops.cls_attention import cls_attention_row
 from tokcompile.ops.evit_select import evit_select
-from tokcompile.passes._outputs import named_outputs as output_names
-from tokcompile.passes._tokens import initial_ids as initial_token_ids
+from tokcompile.ops.token_ids import initial_ids as initial_token_ids
 from tokcompile.passes.annotate_tokens import annotate_tokens
-from tokcompile.passes.capture_cls_attention import capture_cls_attention, cls_attention_row
-from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY, insert_evit_select
+from tokcompile.passes.capture_cls_attention import capture_cls_attention
+from tokcompile.passes.graph_outputs import named_outputs as output_names
+from tokcompile.passes.insert_evit_select import insert_evit_select
 from tokcompile.passes.manager import PassContext, PassError, PassResult, run_passes
+from tokcompile.passes.names import TOKEN_OP_KEY
 from tokcompile.passes.output_kept_indices import output_kept_indices
 
 MODELS = ["test_vit", "deit_t"]

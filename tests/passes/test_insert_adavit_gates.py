@@ -21,21 +21,14 @@ from reference_adavit import adavit_state, official_masked_adavit
 from tokcompile.errors import TokcompileError
 from tokcompile.methods import adavit as adavit_method
 from tokcompile.methods import get_method, resolve_config
-from tokcompile.models import create_model
+from tokcompile.models import ModelSpec, create_model
 from tokcompile.models.tracing import capture
+from tokcompile.ops.adavit_block import adavit_attention, adavit_decide, adavit_mlp
 from tokcompile.ops.compact_tokens import compact_tokens
-from tokcompile.passes._outputs import named_outputs
-from tokcompile.passes._tokens import BOUNDARY_KEY, COUNT_DIM_KEY
-from tokcompile.passes.insert_adavit_gates import (
-    HOLDER,
-    METHOD_STATE_KEY,
-    adavit_attention,
-    adavit_decide,
-    adavit_mlp,
-    insert_adavit_gates,
-)
-from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
+from tokcompile.passes.graph_outputs import named_outputs
+from tokcompile.passes.insert_adavit_gates import HOLDER, insert_adavit_gates
 from tokcompile.passes.manager import PassContext, run_passes
+from tokcompile.passes.names import BOUNDARY_KEY, COUNT_DIM_KEY, TOKEN_OP_KEY
 
 LOGITS_ATOL = 1e-4  # fp32; gathered rows and heads with fused SDPA vs dense masks and -inf logits
 BATCH = 6
@@ -51,15 +44,18 @@ def state(models) -> dict[str, torch.Tensor]:
 def adavit_graph(
     models, state: Optional[dict[str, torch.Tensor]], passes: Any = None, **params: Any
 ) -> tuple[fx.GraphModule, PassContext]:
-    """Capture test_vit with ``state``'s decision heads (as a checkpoint would carry them) and run
-    the AdaViT pipeline (or ``passes``)."""
+    """Capture test_vit with ``state``'s decision heads (as a checkpoint would carry them: the method
+    tensors of its checkpoint adapter, prepared as ``apply_method`` prepares them) and run the
+    AdaViT pipeline (or ``passes``)."""
     model, spec = models("test_vit")
-    config = resolve_config(get_method("adavit"), spec, params)
-    gm = capture(model)
-    if state is not None:
-        gm.meta[METHOD_STATE_KEY] = {k: v for k, v in state.items() if "_select." in k}
+    method = get_method("adavit")
+    config = resolve_config(method, spec, params)
+    heads = method.checkpoint_adapter(state)[1] if state is not None else {}
     ctx = PassContext(spec, config, debug=True)
-    result = run_passes(gm, adavit_method.PIPELINE if passes is None else passes, ctx)
+    ctx.method_state, warnings = method.prepare_state(spec, config, heads)
+    if warnings:
+        ctx.info["method_warnings"] = warnings
+    result = run_passes(capture(model), method.pipeline if passes is None else passes, ctx)
     ctx.info["modified"] = result.modified
     return result.graph_module, ctx
 
@@ -105,9 +101,9 @@ def test_rewrite_replaces_every_block(models, state) -> None:
 
 
 def test_without_checkpoint_heads_the_random_heads_are_seeded_and_announced(models) -> None:
-    gm1, ctx1 = adavit_graph(models, None, passes=(insert_adavit_gates,), seed=7)
-    gm2, _ = adavit_graph(models, None, passes=(insert_adavit_gates,), seed=7)
-    gm3, _ = adavit_graph(models, None, passes=(insert_adavit_gates,), seed=8)
+    gm1, ctx1 = adavit_graph(models, None, passes=(insert_adavit_gates,), heads_seed=7)
+    gm2, _ = adavit_graph(models, None, passes=(insert_adavit_gates,), heads_seed=7)
+    gm3, _ = adavit_graph(models, None, passes=(insert_adavit_gates,), heads_seed=8)
     assert any("RANDOM (seed 7)" in w for w in ctx1.info["method_warnings"])
     b1, b2, b3 = (dict(g.get_submodule(HOLDER).named_buffers()) for g in (gm1, gm2, gm3))
     assert b1.keys() == b2.keys() and all(torch.equal(b1[k], b2[k]) for k in b1)
@@ -129,13 +125,86 @@ def test_a_refused_model_is_left_unchanged(name: str, model_args: dict, match: s
     """LayerScale and qk-norm (timm traces both through, they are no modules in the graph) are
     not in AdaViT's blocks; every block is validated before any is rewritten, so the refusal
     leaves the graph as it was."""
-    model, spec, _ = create_model(name, weights="random", **model_args)
+    model, spec, _, _ = create_model(name, weights="random", **model_args)
     config = adavit_method.AdavitConfig(0.6, 0.5, 0.5, 1, 0)  # as resolve() would give for test_vit
     gm = capture(model)
     code, nodes = gm.code, len(gm.graph.nodes)
     with pytest.raises(TokcompileError, match=match):
         insert_adavit_gates(gm, PassContext(spec, config, debug=True))
     assert gm.code == code and len(gm.graph.nodes) == nodes and not hasattr(gm, HOLDER)
+
+
+class RenamedBlock(torch.nn.Module):
+    """A DeiT block whose modules carry none of timm's names (no attn.qkv, mlp.fc1, ...)."""
+
+    def __init__(self, dim: int, heads: int, extra_norm: bool = False) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(dim + heads)
+        self.heads, self.extra_norm = heads, extra_norm
+        self.g1, self.b1, self.g2, self.b2 = (
+            torch.nn.Parameter(0.1 * torch.randn(dim, generator=g) + s) for s in (1, 0, 1, 0)
+        )
+        self.to_qkv, self.out = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.up, self.nl, self.down = torch.nn.Linear(dim, 3 * dim), torch.nn.GELU(), torch.nn.Linear(3 * dim, dim)
+        self.post = torch.nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        h = F.layer_norm(x, (C,), self.g1, self.b1, 1e-6)
+        q, k, v = self.to_qkv(h).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C)
+        if self.extra_norm:
+            a = F.layer_norm(a, (C,), self.post, None, 1e-6)
+        x = x + self.out(a)
+        return x + self.down(self.nl(self.up(F.layer_norm(x, (C,), self.g2, self.b2, 1e-6))))
+
+
+class RenamedViT(torch.nn.Module):
+    """Tokens [B, N, C] (CLS first) → blocks → a classifier on the CLS: no timm module names."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, depth: int = 3, extra_norm: bool = False) -> None:
+        super().__init__()
+        self.stack = torch.nn.Sequential(*(RenamedBlock(dim, heads, extra_norm and i == 1) for i in range(depth)))
+        self.classifier = torch.nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.stack(x)[:, 0])
+
+
+def renamed_spec(depth: int = 3, dim: int = 32, heads: int = 4, tokens: int = 9) -> ModelSpec:
+    return ModelSpec("renamed", depth, dim, heads, 1, True, "token", (24, 24), tokens - 1, 5, (8, 8), (3, 3))
+
+
+def test_blocks_are_recognised_by_structure_not_module_names() -> None:
+    """passes/README.md invariant 5: DeiT blocks under other module names are rewritten. With
+    decision heads that keep every token, head and sub-layer, the rewrite computes the dense model."""
+    model = RenamedViT().eval()
+    spec = renamed_spec()
+    gm = fx.symbolic_trace(model)
+    config = adavit_method.AdavitConfig(0.6, 0.5, 0.5, 1, 0)
+    ctx = PassContext(spec, config, debug=True)
+    heads, _ = adavit_method.prepare_state(spec, config, {})
+    # zero weights, bias 10: sigmoid ≈ 1 > every threshold, so nothing is skipped
+    ctx.method_state = {k: torch.zeros_like(v) + (10.0 if k.endswith("_bias") else 0.0) for k, v in heads.items()}
+    x = torch.randn(4, spec.num_tokens, spec.embed_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        dense = model(x)
+    result = run_passes(gm, (insert_adavit_gates,), ctx)
+    gm = result.graph_module
+    assert result.modified and calls(gm, adavit_attention) == calls(gm, adavit_mlp) == spec.depth
+    assert calls(gm, F.scaled_dot_product_attention) == 0
+    with torch.no_grad():
+        got = gm(x)[0]
+    torch.testing.assert_close(got, dense, atol=1e-5, rtol=0)
+
+
+def test_a_block_with_an_extra_norm_is_refused_by_structure() -> None:
+    model = RenamedViT(extra_norm=True).eval()
+    spec = renamed_spec()
+    gm = fx.symbolic_trace(model)
+    with pytest.raises(TokcompileError, match=r"'stack\.1' is a layer with parameter 'stack\.1\.post'"):
+        insert_adavit_gates(gm, PassContext(spec, adavit_method.AdavitConfig(0.6, 0.5, 0.5, 1, 0), debug=True))
+    assert not hasattr(gm, HOLDER)
 
 
 def test_models_without_a_single_cls_are_refused(models) -> None:

@@ -19,21 +19,14 @@ from tokcompile.errors import TokcompileError
 from tokcompile.methods import ats as ats_method
 from tokcompile.methods import get_method, resolve_config
 from tokcompile.models.tracing import capture, find_blocks
+from tokcompile.ops.ats_cls_attention import ats_cls_attention
 from tokcompile.ops.ats_sample import ats_sample
-from tokcompile.passes._outputs import named_outputs
-from tokcompile.passes._tokens import (
-    BOUNDARY_KEY,
-    TOKEN_DIM_KEY,
-    all_valid,
-    gather_tokens,
-    initial_ids,
-    key_padding_bias,
-    sampled_ids,
-    valid_prefix,
-)
-from tokcompile.passes.insert_ats_sample import ats_cls_attention, insert_ats_sample
-from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
+from tokcompile.ops.padded_tokens import all_valid, gather_tokens, key_padding_bias, valid_prefix
+from tokcompile.ops.token_ids import initial_ids, sampled_ids
+from tokcompile.passes.graph_outputs import named_outputs
+from tokcompile.passes.insert_ats_sample import insert_ats_sample
 from tokcompile.passes.manager import PassContext
+from tokcompile.passes.names import BOUNDARY_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY
 
 # fp32; the graph's blocks use fused SDPA with a plain softmax, the reference the official
 # eps-softmax (relative difference ~1e-6, methods-reference §3.3).

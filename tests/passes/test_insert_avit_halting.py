@@ -15,27 +15,14 @@ from reference_avit import official_masked_avit
 from tokcompile.errors import TokcompileError
 from tokcompile.methods import get_method, resolve_config
 from tokcompile.models.tracing import capture, find_blocks
+from tokcompile.ops.avit_halting import avit_init, avit_update, gather_c, ponder_tokens
 from tokcompile.ops.compact_tokens import compact_tokens
-from tokcompile.passes._outputs import named_outputs
-from tokcompile.passes._tokens import (
-    BOUNDARY_KEY,
-    TOKEN_DIM_KEY,
-    all_valid,
-    gather_tokens,
-    initial_ids,
-    key_padding_bias,
-    sampled_ids,
-    valid_prefix,
-)
-from tokcompile.passes.insert_avit_halting import (
-    avit_init,
-    avit_update,
-    gather_c,
-    insert_avit_halting,
-    ponder_tokens,
-)
-from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
+from tokcompile.ops.padded_tokens import all_valid, gather_tokens, key_padding_bias, valid_prefix
+from tokcompile.ops.token_ids import initial_ids, sampled_ids
+from tokcompile.passes.graph_outputs import named_outputs
+from tokcompile.passes.insert_avit_halting import insert_avit_halting
 from tokcompile.passes.manager import PassContext
+from tokcompile.passes.names import BOUNDARY_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY
 
 # Random weights put channel 0 of a block output near N(0, 1): with β 3 tokens halt after a
 # few blocks, at different depths per token and image (the released β 75 halts nothing, §4.3).

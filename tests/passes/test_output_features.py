@@ -14,7 +14,7 @@ import torch.fx as fx
 from pass_helpers import assert_noop, method_graph
 
 from tokcompile.models.tracing import capture
-from tokcompile.passes._outputs import named_outputs, output_node
+from tokcompile.passes.graph_outputs import named_outputs, output_node
 from tokcompile.passes.manager import PassContext, run_passes
 from tokcompile.passes.output_features import output_features
 

@@ -19,12 +19,11 @@ from pass_helpers import method_graph
 from torch.fx.passes.split_module import split_module
 
 from tokcompile.methods import get_method
-from tokcompile.passes._outputs import named_outputs, output_node
-from tokcompile.passes._tokens import BOUNDARY_KEY, TOKEN_DIM_KEY
-from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
+from tokcompile.passes.graph_outputs import named_outputs, output_node
 from tokcompile.passes.manager import run_passes
+from tokcompile.passes.names import BOUNDARY_KEY, STAGE_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY
 from tokcompile.passes.output_features import output_features
-from tokcompile.passes.split_stages import STAGE_KEY, split_stages
+from tokcompile.passes.split_stages import split_stages
 
 AVIT = {"gamma": 10.0, "beta": 3.0}  # random weights: tokens halt after a few blocks
 STAGED = [

@@ -22,13 +22,15 @@ from tokcompile.methods import get_method, resolve_config
 from tokcompile.methods import tome as tome_method
 from tokcompile.models.tracing import capture, find_blocks
 from tokcompile.ops.evit_select import evit_select
+from tokcompile.ops.proportional_attention import size_attention_bias
 from tokcompile.ops.tome_merge import tome_merge
-from tokcompile.passes._outputs import named_outputs as output_names
-from tokcompile.passes.add_proportional_attention import add_proportional_attention, size_attention_bias
+from tokcompile.ops.tome_metric import token_sizes, tome_metric
+from tokcompile.passes.add_proportional_attention import add_proportional_attention
 from tokcompile.passes.annotate_tokens import annotate_tokens
-from tokcompile.passes.insert_evit_select import TOKEN_OP_KEY
-from tokcompile.passes.insert_tome_merge import insert_tome_merge, token_sizes, tome_metric
+from tokcompile.passes.graph_outputs import named_outputs as output_names
+from tokcompile.passes.insert_tome_merge import insert_tome_merge
 from tokcompile.passes.manager import PassContext, PassResult, run_passes
+from tokcompile.passes.names import TOKEN_OP_KEY
 from tokcompile.passes.output_kept_indices import output_kept_indices
 from tokcompile.passes.output_merge_maps import output_merge_maps
 
@@ -47,7 +49,7 @@ def build_tome(models, name: str, passes: Any = None, **params: Any) -> tuple[fx
     model, spec = models(name)
     config = tome_method.TomeConfig.resolve(spec, **params)
     ctx = PassContext(spec, config, layers=config.layers, debug=True)
-    result = run_passes(capture(model), tome_method.PIPELINE if passes is None else passes, ctx)
+    result = run_passes(capture(model), get_method("tome").pipeline if passes is None else passes, ctx)
     ctx.info["modified"] = result.modified
     return result.graph_module, ctx
 
@@ -64,7 +66,7 @@ def test_rewrite_merges_every_block_and_biases_attention_after_the_first(models)
     assert count(before, tome_merge) == 0
     gm, ctx = build_tome(models, "deit_t")
     assert ctx.info["modified"] is True
-    assert ctx.info["pass_history"] == [p.__name__ for p in tome_method.PIPELINE]
+    assert ctx.info["pass_history"] == [p.__name__ for p in get_method("tome").pipeline]
     assert ctx.layers == tuple(range(12)) and ctx.config.r == (13,) * 12
     assert count(gm, tome_merge) == 12 and count(gm, tome_metric) == 12 and count(gm, token_sizes) == 1
     merges = [n for n in gm.graph.nodes if n.target is tome_merge]
@@ -217,7 +219,7 @@ def test_no_layers_leaves_graph_unchanged(test_vit, images) -> None:
     config = tome_method.TomeConfig.resolve(spec, layers=[])
     assert config.layers == () and config.r == (0,) * 6
     ctx = PassContext(spec, config, layers=config.layers, debug=True)
-    result = _unchanged(capture(model), tome_method.PIPELINE, ctx)
+    result = _unchanged(capture(model), get_method("tome").pipeline, ctx)
     assert output_names(result.graph_module) == ["logits"]
     assert ctx.info["tokens"]["sequence"] == [spec.num_tokens]
     x = images(spec, 2)
@@ -251,7 +253,7 @@ def test_pipeline_is_idempotent(models, images) -> None:
     x = images(ctx.spec, 2)
     with torch.no_grad():
         first = gm(x)
-    for passes in [tome_method.PIPELINE] + [(p,) for p in tome_method.PIPELINE]:
+    for passes in [get_method("tome").pipeline] + [(p,) for p in get_method("tome").pipeline]:
         result = run_passes(gm, passes, ctx)
         assert result.modified is False, [p.__name__ for p in passes]
         gm = result.graph_module

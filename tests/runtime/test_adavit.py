@@ -9,9 +9,9 @@ from reference_adavit import adavit_state, official_masked_adavit
 
 import tokcompile
 from tokcompile import TokcompileError
-from tokcompile.methods import apply_method, get_method, resolve_config
+from tokcompile.methods import adapt_checkpoint, apply_method, get_method, resolve_config
+from tokcompile.methods.adavit import checkpoint_adapter
 from tokcompile.models import create_model
-from tokcompile.models.weights import split_method_state
 
 BATCH = 8
 
@@ -36,13 +36,15 @@ def adavit_bundle(official, tmp_path_factory):
 
 def test_official_checkpoint_keys_map_to_timm(official):
     model, state, _ = official
-    backbone, heads = split_method_state(state)
+    backbone, heads = checkpoint_adapter(state)
     expected = model.state_dict()
     assert backbone.keys() == expected.keys()
     assert all(torch.equal(backbone[k], expected[k]) for k in expected)
     depth = len(model.blocks)
     assert len(heads) == 2 * (depth + 2 * (depth - 1))  # token selector in every block, head/layer from 1
-    assert split_method_state(expected) == (expected, {})
+    assert checkpoint_adapter(expected) == (expected, {})
+    # every method reads the checkpoint through the same adapters: the dense twin has the same digest
+    assert adapt_checkpoint(state)[0].keys() == expected.keys()
 
 
 def test_batch_equals_official_masked_form_per_image(official, adavit_bundle):
@@ -103,10 +105,10 @@ def test_checkpoint_whose_decision_heads_do_not_fit_is_refused(official, tmp_pat
     bad["blocks.2.head_select.mlp_head.weight"] = torch.zeros(5, model.embed_dim)
     path = tmp_path / "bad.pth"
     torch.save({"model": bad}, path)
-    torch_model, spec, _ = create_model("test_vit", weights=str(path))
+    torch_model, spec, _, heads = create_model("test_vit", weights=str(path), checkpoint_adapter=adapt_checkpoint)
     m = get_method("adavit")
     with pytest.raises(TokcompileError, match="blocks.2.head_select.mlp_head.weight' is shape"):
-        apply_method(torch_model, spec, m, resolve_config(m, spec, {}), "fp32")
+        apply_method(torch_model, spec, m, resolve_config(m, spec, {}), "fp32", method_state=heads)
 
 
 def test_cli_threshold_flags(capsys, tmp_path):

@@ -35,7 +35,7 @@ def test_calib_folder_is_spread_and_counted(test_vit, photos, monkeypatch, caplo
 def test_calib_at_the_bundle_size_not_the_pretrained_one(photos):
     from tokcompile.models import create_model
 
-    _, spec, _ = create_model(DINOV2, weights="random", **DINOV2_KWARGS)
+    _, spec, _, _ = create_model(DINOV2, weights="random", **DINOV2_KWARGS)
     plan = plan_calibration(spec, photos, None, None, None)
     assert plan.images.shape == (6, 3, 98, 98)  # DINOv2's pretrained config says 518
 

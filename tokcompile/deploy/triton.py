@@ -38,6 +38,7 @@ from .._version import __version__
 from ..backends import get_backend
 from ..errors import TokcompileError
 from ..manifest import Manifest
+from ..passes.names import LOGITS
 from ..runtime.bundle import MANIFEST, read_manifest
 from ..runtime.commands import stage_profiles
 from .triton_model import INPUT, OUTPUTS
@@ -126,8 +127,8 @@ def _output_dims(bundle: Path, manifest: Manifest) -> dict[str, list[int]]:
                 (tensor,) = [t for t in graph.output if t.name == value]
                 shape = tensor.type.tensor_type.shape.dim[1:]
                 dims[name] = [d.dim_value if d.HasField("dim_value") else -1 for d in shape]
-    if "logits" not in dims:
-        raise TokcompileError(f"bundle '{bundle}' has no 'logits' output; rebuild it")
+    if LOGITS not in dims:
+        raise TokcompileError(f"bundle '{bundle}' has no '{LOGITS}' output; rebuild it")
     return dims
 
 

@@ -26,11 +26,12 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..manifest import Manifest
+from ..passes.names import FLOAT_OUTPUTS
 
 logger = logging.getLogger(__name__)
 
 INPUT = "images"
-OUTPUTS = ("logits", "features")
+OUTPUTS = FLOAT_OUTPUTS  # logits, features: what a deployment serves
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import torch.fx as fx
 
 from .. import _defaults
 from ..ops import ONNX_DOMAIN, TOKEN_OPS
-from ..ops._lowering import PLUGIN_ATTRIBUTES, plugin_lowering
-from ..passes._tokens import PRIMARY_DIM, dim_name
+from ..ops.lowering import PLUGIN_ATTRIBUTES, plugin_lowering
+from ..passes.names import PRIMARY_DIM, dim_name
 from .fold_shapes import fold_static_shapes
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def onnx_from_graph_module(
     By default the graph takes ``images`` [B, *input_shape] float32. A stage of a staged model
     passes ``inputs`` instead; those marked ``token_dim`` get a dynamic token dimension too, so
     one file serves every bucket. ``plugins`` (on|off|auto, default auto) chooses which token-op
-    nodes carry the TensorRT plugin attributes (ops/_lowering.py). Returns facts for the manifest.
+    nodes carry the TensorRT plugin attributes (ops/lowering.py). Returns facts for the manifest.
     """
     opset = opset or _defaults.ONNX_OPSET
     module = _export_form(gm).eval()

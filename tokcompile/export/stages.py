@@ -3,7 +3,7 @@
 A stage is a GraphModule of its own whose placeholders are the values it reads from earlier
 stages (named after them) and whose outputs are the values later stages or the model's outputs
 need. Parameters are copied into every stage that reads them, never passed between stages.
-Tensors marked ``meta["tokcompile.token_dim"]`` keep a dynamic token dimension in the stage's
+Tensors marked ``meta[TOKEN_DIM_KEY]`` (``passes/names.py``) keep a dynamic token dimension in the stage's
 ONNX, so one file serves every bucket; the runtime slices them to the bucket between stages.
 """
 
@@ -18,10 +18,8 @@ import torch
 import torch.fx as fx
 
 from ..manifest import ExtraDim, StageEntry
-from ..passes._outputs import named_outputs, output_node
-from ..passes._tokens import COUNT_DIM_KEY, PRIMARY_DIM, TOKEN_DIM_KEY, dim_name
-from ..passes.insert_evit_select import TOKEN_OP_KEY
-from ..passes.split_stages import STAGE_KEY
+from ..passes.graph_outputs import named_outputs, output_node
+from ..passes.names import COUNT_DIM_KEY, PRIMARY_DIM, STAGE_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY, dim_name
 from .onnx import INPUT_NAME, GraphInput, onnx_from_graph_module
 
 

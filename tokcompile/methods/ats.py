@@ -7,22 +7,31 @@ ATS in blocks 3..11 of 12 (scaled for other depths), budget K = all tokens of th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from .. import _defaults
 from ..errors import TokcompileError
-from ..models import ModelSpec
-from ..passes.annotate_tokens import annotate_tokens
-from ..passes.insert_ats_sample import insert_ats_sample
-from .evit import _layer_index
+from .layers import LayersSpec, parse_layers
+from .legend import Legend
+from .options import Option
 
-PIPELINE = (insert_ats_sample, annotate_tokens)
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..passes.manager import Pass
+
+
+def pipeline() -> tuple[Pass, ...]:
+    """The passes, in order (imported on use: the method registry loads without torch)."""
+    from ..passes.annotate_tokens import annotate_tokens
+    from ..passes.insert_ats_sample import insert_ats_sample
+
+    return (insert_ats_sample, annotate_tokens)
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
     """Blocks 3..11 for 12 blocks: from a quarter of the depth to the end."""
-    return tuple(range(round(3 * depth / 12), depth))
+    return tuple(range(round(_defaults.ATS_FIRST_LAYER_12 * depth / 12), depth))
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,7 @@ class AtsConfig:
 
     @classmethod
     def resolve(
-        cls, spec: ModelSpec, layers: Optional[Sequence[Any]] = None, max_tokens: Optional[Any] = None
+        cls, spec: ModelSpec, layers: Optional[LayersSpec] = None, max_tokens: Optional[Any] = None
     ) -> AtsConfig:
         if not spec.has_class_token:
             raise TokcompileError(
@@ -44,13 +53,7 @@ class AtsConfig:
                 f"method 'ats' is defined for one prefix token (CLS); '{spec.name}' has {spec.num_prefix_tokens} "
                 "(distillation/register tokens are not supported by ATS)"
             )
-        chosen = (
-            default_layers(spec.depth)
-            if layers is None
-            else tuple(sorted({_layer_index(v, spec.depth) for v in layers}))
-        )
-        if layers is not None and len(chosen) != len(list(layers)):
-            raise TokcompileError(f"--layers must not repeat a block, got {list(layers)}")
+        chosen = default_layers(spec.depth) if layers is None else parse_layers(layers, spec.depth)
         budgets = _budgets(max_tokens, len(chosen), spec.num_tokens)
         return cls(chosen, budgets)
 
@@ -74,3 +77,16 @@ def _budgets(value: Any, count: int, n_ref: int) -> tuple[int, ...]:
     if any(k < 2 for k in budgets):
         raise TokcompileError(f"--max-tokens must be ≥ 2 (CLS plus one token), got {budgets}")
     return tuple(min(k, n_ref) for k in budgets)
+
+
+OPTIONS = (
+    Option(
+        "layers",
+        "0-based blocks that sample, e.g. 3,4,5",
+        f"{_defaults.ATS_FIRST_LAYER_12}..11 of 12 blocks, scaled to depth",
+        metavar="BLOCKS",
+    ),
+    Option("max_tokens", "budget K per ATS block (CLS included), one value or a list", "all tokens", metavar="K"),
+)
+
+LEGEND = Legend(kept="sampled (kept)", dropped="not sampled: dropped by this layer")

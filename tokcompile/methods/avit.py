@@ -10,23 +10,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from .. import _defaults
 from ..errors import TokcompileError
-from ..models import ModelSpec
-from ..passes.annotate_tokens import annotate_tokens
-from ..passes.insert_avit_halting import insert_avit_halting
+from .legend import Legend
+from .options import Option, number
 
-PIPELINE = (insert_avit_halting, annotate_tokens)
-# Released weights (methods-reference.md §4.1); other models default to the small setting.
-GAMMA_BETA = {"deit_tiny_patch16_224": (10.0, 30.0), "deit_small_patch16_224": (10.0, 75.0)}
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..passes.manager import Pass
+
+
+def pipeline() -> tuple[Pass, ...]:
+    """The passes, in order (imported on use: the method registry loads without torch)."""
+    from ..passes.annotate_tokens import annotate_tokens
+    from ..passes.insert_avit_halting import insert_avit_halting
+
+    return (insert_avit_halting, annotate_tokens)
+
+
+def gamma_beta(timm_name: str) -> tuple[float, float]:
+    """(γ, β) of the released weights for ``timm_name``; the small setting for other models."""
+    return _defaults.AVIT_GAMMA_BETA.get(timm_name, _defaults.AVIT_GAMMA_BETA_OTHER)
 
 
 @dataclass(frozen=True)
 class AvitConfig:
     gamma: float
     beta: float
-    eps: float = 0.01
+    eps: float = _defaults.AVIT_EPS
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -41,8 +54,8 @@ class AvitConfig:
                 f"method 'avit' halts tokens and reads the ponder-weighted CLS; '{spec.name}' needs exactly one "
                 f"prefix token, a CLS token (has {spec.num_prefix_tokens}, class token {spec.has_class_token})"
             )
-        g, b = GAMMA_BETA.get(spec.name, (10.0, 75.0))
-        eps = 0.01 if eps is None else float(eps)
+        g, b = gamma_beta(spec.name)
+        eps = _defaults.AVIT_EPS if eps is None else float(eps)
         if not 0.0 < eps < 1.0:
             raise TokcompileError(f"--eps must be in (0, 1), got {eps}")
         gamma, beta = float(g if gamma is None else gamma), float(b if beta is None else beta)
@@ -55,3 +68,32 @@ class AvitConfig:
 
     def params(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "beta": self.beta, "eps": self.eps}
+
+
+def _per_model(index: int) -> str:
+    """The default of γ (index 0) or β (1) as shown: one number, or per released model."""
+    released = {name: values[index] for name, values in _defaults.AVIT_GAMMA_BETA.items()}
+    other = _defaults.AVIT_GAMMA_BETA_OTHER[index]
+    if all(v == other for v in released.values()):
+        return number(other)
+    listed = ", ".join(f"{name} {number(v)}" for name, v in released.items())
+    return f"per model: {listed}; others {number(other)}"
+
+
+OPTIONS = (
+    Option("gamma", "halting gate scale γ: h = sigmoid(γ·y₀ − β)", _per_model(0), float),
+    Option("beta", "halting gate center β", _per_model(1), float),
+    Option(
+        "eps",
+        "a token halts once its cumulative halting score reaches 1 − ε; in (0, 1)",
+        number(_defaults.AVIT_EPS),
+        float,
+    ),
+)
+
+LEGEND = Legend(
+    kept="still running",
+    dropped="halted at this layer",
+    earlier="halted at an earlier layer",
+    noun="patches still running",
+)

@@ -6,19 +6,28 @@ blocks (3, 6, 9) of 12 (scaled for other depths), keep rate 0.7, token fusion on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import _defaults
 from ..errors import TokcompileError
-from ..models import ModelSpec
-from ..passes.annotate_tokens import annotate_tokens
-from ..passes.capture_cls_attention import capture_cls_attention
-from ..passes.insert_evit_select import insert_evit_select
-from ..passes.output_kept_indices import output_kept_indices
+from .layers import LayersSpec, parse_layers
+from .legend import Legend
+from .options import Option, number, on_off
 
-PIPELINE = (capture_cls_attention, insert_evit_select, output_kept_indices, annotate_tokens)
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..passes.manager import Pass
+
+
+def pipeline() -> tuple[Pass, ...]:
+    """The passes, in order (imported on use: the method registry loads without torch)."""
+    from ..passes.annotate_tokens import annotate_tokens
+    from ..passes.capture_cls_attention import capture_cls_attention
+    from ..passes.insert_evit_select import insert_evit_select
+    from ..passes.output_kept_indices import output_kept_indices
+
+    return (capture_cls_attention, insert_evit_select, output_kept_indices, annotate_tokens)
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
@@ -39,7 +48,7 @@ class EvitConfig:
         cls,
         spec: ModelSpec,
         keep_rate: Optional[float] = None,
-        layers: Optional[Sequence[Any]] = None,
+        layers: Optional[LayersSpec] = None,
         fuse: Optional[bool] = None,
     ) -> EvitConfig:
         """Fill defaults and validate against the model; raises TokcompileError on bad values."""
@@ -51,26 +60,22 @@ class EvitConfig:
         keep = _defaults.EVIT_KEEP_RATE if keep_rate is None else keep_rate
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < float(keep) <= 1.0:
             raise TokcompileError(f"--keep-rate must be in (0, 1], got {keep_rate}")
-        if layers is None:
-            chosen = default_layers(spec.depth)
-        else:
-            chosen = tuple(_layer_index(v, spec.depth) for v in layers)
-            if len(set(chosen)) != len(chosen):
-                raise TokcompileError(f"--layers must not repeat a block, got {list(layers)}")
-            chosen = tuple(sorted(chosen))
+        chosen = default_layers(spec.depth) if layers is None else parse_layers(layers, spec.depth)
         return cls(float(keep), chosen, _defaults.EVIT_FUSE if fuse is None else bool(fuse))
 
     def params(self) -> dict[str, Any]:
         return {"keep_rate": self.keep_rate, "layers": list(self.layers), "fuse": self.fuse}
 
 
-def _layer_index(value: Any, depth: int) -> int:
-    try:
-        if isinstance(value, bool) or isinstance(value, float):
-            raise ValueError
-        index = int(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise TokcompileError(f"--layers must be integers (0-based block indices), got '{value}'") from None
-    if not 0 <= index < depth:
-        raise TokcompileError(f"--layers: block {index} is out of range; this model has blocks 0..{depth - 1}")
-    return index
+OPTIONS = (
+    Option("keep_rate", "fraction of tokens kept per layer, in (0, 1]", number(_defaults.EVIT_KEEP_RATE), float),
+    Option(
+        "layers",
+        "0-based blocks that reduce, e.g. 3,6,9",
+        f"{','.join(map(str, _defaults.EVIT_LAYERS_12))} scaled to depth",
+        metavar="BLOCKS",
+    ),
+    Option("fuse", "fuse the dropped tokens into one extra token", on_off(_defaults.EVIT_FUSE), boolean=True),
+)
+
+LEGEND = Legend(fused="fused into this layer's extra token", fuse_param="fuse")

@@ -21,22 +21,29 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .. import _defaults
 from ..errors import TokcompileError
-from ..models import ModelSpec
-from ..passes.add_proportional_attention import add_proportional_attention
-from ..passes.annotate_tokens import annotate_tokens
-from ..passes.insert_tome_merge import insert_tome_merge
-from ..passes.output_merge_maps import output_merge_maps
+from .layers import LayersSpec, parse_layers
+from .options import Option, on_off
+
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..passes.manager import Pass
 
 logger = logging.getLogger(__name__)
 
-PIPELINE = (insert_tome_merge, add_proportional_attention, output_merge_maps, annotate_tokens)
 
-DEFAULT_R = _defaults.TOME_R
-DEFAULT_PROP_ATTN = _defaults.TOME_PROP_ATTN
+def pipeline() -> tuple[Pass, ...]:
+    """The passes, in order (imported on use: the method registry loads without torch)."""
+    from ..passes.add_proportional_attention import add_proportional_attention
+    from ..passes.annotate_tokens import annotate_tokens
+    from ..passes.insert_tome_merge import insert_tome_merge
+    from ..passes.output_merge_maps import output_merge_maps
+
+    return (insert_tome_merge, add_proportional_attention, output_merge_maps, annotate_tokens)
+
 
 RSpec = Union[int, str, Sequence[int], tuple[int, float]]
 
@@ -126,17 +133,12 @@ class TomeConfig:
         cls,
         spec: ModelSpec,
         r: Optional[RSpec] = None,
-        layers: Optional[Sequence[Any]] = None,
+        layers: Optional[LayersSpec] = None,
         prop_attn: Optional[bool] = None,
     ) -> TomeConfig:
         """Fill defaults, cap r per block and validate; raises TokcompileError on bad values."""
-        requested = merge_schedule(DEFAULT_R if r is None else r, spec.depth)
-        if layers is None:
-            chosen = tuple(range(spec.depth))
-        else:
-            chosen = tuple(sorted({_layer_index(v, spec.depth) for v in layers}))
-            if len(chosen) != len(list(layers)):
-                raise TokcompileError(f"--layers must not repeat a block, got {list(layers)}")
+        requested = merge_schedule(_defaults.TOME_R if r is None else r, spec.depth)
+        chosen = tuple(range(spec.depth)) if layers is None else parse_layers(layers, spec.depth)
         schedule, capped, t = [], [], spec.num_tokens
         for block, want in enumerate(requested):
             want = want if block in chosen else 0
@@ -151,17 +153,19 @@ class TomeConfig:
                 len(capped),
                 "; ".join(capped),
             )
-        return cls(tuple(schedule), chosen, DEFAULT_PROP_ATTN if prop_attn is None else bool(prop_attn))
+        return cls(tuple(schedule), chosen, _defaults.TOME_PROP_ATTN if prop_attn is None else bool(prop_attn))
 
     def params(self) -> dict[str, Any]:
         return {"r": list(self.r), "layers": list(self.layers), "prop_attn": self.prop_attn}
 
 
-def _layer_index(value: Any, depth: int) -> int:
-    try:
-        index = _integer(value)
-    except (TypeError, ValueError):
-        raise TokcompileError(f"--layers must be integers (0-based block indices), got '{value}'") from None
-    if not 0 <= index < depth:
-        raise TokcompileError(f"--layers: block {index} is out of range; this model has blocks 0..{depth - 1}")
-    return index
+OPTIONS = (
+    Option(
+        "r",
+        "tokens merged per block: 13 (every block), 13,13,8 (per block) or 16:-1 (r:inflection schedule)",
+        str(_defaults.TOME_R),
+        metavar="R",
+    ),
+    Option("layers", "0-based blocks that merge, e.g. 0,1,2 (the others have r = 0)", "all blocks", metavar="BLOCKS"),
+    Option("prop_attn", "proportional attention, log(size) key bias", on_off(_defaults.TOME_PROP_ATTN), boolean=True),
+)

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 from .. import _defaults
 from ..errors import TokcompileError
 from .aliases import ALIASES, resolve_model_name, vit_model_names
-from .tracing import METHOD_STATE_ATTR
 from .weights import (
     file_sha256,
     hub_reachable,
     load_state_dict_strict,
     read_checkpoint,
     resample_position_embedding,
-    split_method_state,
     state_digest,
 )
 
@@ -28,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIASES",
+    "CheckpointAdapter",
+    "LoadedModel",
     "ModelSpec",
     "check_weights",
     "create_model",
@@ -35,6 +36,11 @@ __all__ = [
     "resolve_model_name",
     "vit_model_names",
 ]
+
+# A checkpoint in a method's own layout → (timm backbone state dict, the method's tensors by the
+# names its adapter documents). Methods supply them (``Method.checkpoint_adapter``); a state dict
+# the adapter does not recognise comes back unchanged with no method tensors.
+CheckpointAdapter = Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -155,9 +161,22 @@ def check_weights(weights: Optional[str], seed: Optional[int]) -> tuple[str, int
     return weights, seed
 
 
+class LoadedModel(NamedTuple):
+    """What ``create_model`` returns."""
+
+    model: torch.nn.Module  # timm ViT in eval mode
+    spec: ModelSpec
+    weights: dict[str, Any]  # the manifest's weights record (source, digest, ...)
+    method_state: dict[str, torch.Tensor]  # method tensors the checkpoint carried beside the backbone
+
+
 def create_model(
-    name: str, weights: Optional[str] = None, seed: Optional[int] = None, **timm_kwargs: Any
-) -> tuple[torch.nn.Module, ModelSpec, dict[str, Any]]:
+    name: str,
+    weights: Optional[str] = None,
+    seed: Optional[int] = None,
+    checkpoint_adapter: Optional[CheckpointAdapter] = None,
+    **timm_kwargs: Any,
+) -> LoadedModel:
     """Build a timm ViT in eval mode and load its weights.
 
     weights: ``auto`` (pretrained when timm's hub answers, else random with a warning),
@@ -165,14 +184,18 @@ def create_model(
     position grid differs from the model's is resampled and the record says so, see
     ``weights.resample_position_embedding``). ``timm_kwargs``
     go to ``timm.create_model`` (e.g. ``img_size=224`` for a DINOv2 model, ``qk_norm=True``).
-    Returns (model, spec, weights record for the manifest). With ``auto`` falling back to random
-    weights the record carries a ``notice`` for the caller to show once its inputs are validated.
+    ``checkpoint_adapter`` turns a checkpoint file in a method's own layout into the timm state
+    dict and the method's tensors (``methods.adapt_checkpoint``); without one a file loads as is.
+    Returns (model, spec, weights record for the manifest, method tensors). With ``auto`` falling
+    back to random weights the record carries a ``notice`` for the caller to show once its inputs
+    are validated. The digest covers the method tensors too.
     """
 
     timm_name = resolve_model_name(name)
     weights, seed = check_weights(weights, seed)
     record: dict[str, Any]
     notice = None
+    method_state: dict[str, torch.Tensor] = {}
     if weights == "auto":
         weights = "pretrained" if hub_reachable() else "random"
         if weights == "random":
@@ -203,19 +226,20 @@ def create_model(
         record = {"source": "random", "seed": seed}
     else:
         path = Path(os.path.expanduser(weights))
-        state, method_state = split_method_state(read_checkpoint(path))
+        state = read_checkpoint(path)
+        if checkpoint_adapter is not None:
+            state, method_state = checkpoint_adapter(state)
         model = _timm_model(timm_name, False, timm_kwargs)
         resampled = resample_position_embedding(model, state, str(path))
         load_state_dict_strict(model, state, str(path))
         record = {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
         if resampled is not None:
             record["resampled"] = resampled
-        if method_state:  # read by the method's pass through the captured graph (AdaViT decision heads)
-            setattr(model, METHOD_STATE_ATTR, method_state)
+        if method_state:  # returned; methods.apply_method hands them to the method's passes
             record["method_tensors"] = len(method_state)
     model.eval()
     spec = spec_of(model, timm_name)
-    record["digest"] = state_digest(model, getattr(model, METHOD_STATE_ATTR, None))
+    record["digest"] = state_digest(model, method_state or None)
     if notice:
         record["notice"] = notice
-    return model, spec, record
+    return LoadedModel(model, spec, record, method_state)

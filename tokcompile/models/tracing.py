@@ -21,7 +21,6 @@ from ..errors import TokcompileError
 
 SDPA = F.scaled_dot_product_attention
 ADD_TARGETS = (operator.add, torch.add)
-METHOD_STATE_ATTR = "_tokcompile_method_state"  # set by models.weights for official method checkpoints
 
 
 class _ViTTracer(fx.Tracer):
@@ -65,9 +64,6 @@ def capture(model: torch.nn.Module) -> fx.GraphModule:
         if node in guards:
             graph.erase_node(node)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__ + "Graph")
-    gm.meta["tokcompile.source"] = type(model).__name__
-    # Method parameters a checkpoint carried beside the backbone (AdaViT's decision heads).
-    gm.meta["tokcompile.method_state"] = dict(getattr(model, METHOD_STATE_ATTR, {}))
     return gm
 
 

@@ -65,36 +65,6 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-# AdaViT (MengLcool/AdaViT, ``ada_step_deit_*``) checkpoints: the backbone is a DeiT whose
-# attention has separate ``query``/``key``/``value`` Linear layers (timm fuses them as ``qkv``,
-# rows [q; k; v]); the decision heads are ``blocks.<l>.head_select.mlp_head.*``,
-# ``blocks.<l>.layer_select.mlp_head.*`` and ``blocks.<l>.attn.token_select.mlp_head.*``.
-# Every other key has timm's name already.
-ADAVIT_HEAD_MARKERS = (".head_select.mlp_head.", ".layer_select.mlp_head.", ".attn.token_select.mlp_head.")
-ADAVIT_QKV = ("query", "key", "value")
-
-
-def split_method_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """An official method checkpoint → (timm backbone state dict, method tensors by official name).
-
-    Plain timm/DeiT state dicts come back unchanged with no method tensors.
-    """
-    if not any(k.endswith(".attn.query.weight") for k in state):
-        return state, {}
-    backbone = {k: v for k, v in state.items() if not any(m in k for m in ADAVIT_HEAD_MARKERS)}
-    method = {k: v for k, v in state.items() if k not in backbone}
-    for prefix in sorted({k.removesuffix(".query.weight") for k in state if k.endswith(".attn.query.weight")}):
-        for kind in ("weight", "bias"):
-            parts = [backbone.pop(f"{prefix}.{name}.{kind}", None) for name in ADAVIT_QKV]
-            if all(p is not None for p in parts):
-                backbone[f"{prefix}.qkv.{kind}"] = torch.cat(parts, dim=0)  # type: ignore[arg-type]
-            elif any(p is not None for p in parts):
-                raise TokcompileError(
-                    f"AdaViT checkpoint has only some of {prefix}.query/key/value.{kind}; the file is incomplete"
-                )
-    return backbone, method
-
-
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model``, naming the first mismatching keys when it does not fit."""
     expected = model.state_dict()

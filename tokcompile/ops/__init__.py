@@ -1,4 +1,7 @@
-"""Token ops (``torch.ops.tokcompile.*``) and what export needs to know about each.
+"""Token ops (``torch.ops.tokcompile.*``) and what export needs to know about each; and the
+methods' other tensor math, as fx leaves that passes insert (one unit per module, each with its
+tensor contract): ``cls_attention``, ``ats_cls_attention``, ``tome_metric``,
+``proportional_attention``, ``avit_halting``, ``adavit_block``, ``padded_tokens``, ``token_ids``.
 
 Importing this package registers every op with torch.library. Passes, export and tests use
 the alias defined beside each op, e.g. ``from tokcompile.ops.evit_select import evit_select``.

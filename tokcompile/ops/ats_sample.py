@@ -92,7 +92,7 @@ from onnxscript import opset18 as op
 
 from .. import _defaults
 from ..errors import TokcompileError
-from ._lowering import plugin_attributes
+from .lowering import plugin_attributes
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "AtsSample"
@@ -311,7 +311,7 @@ ats_sample = torch.ops.tokcompile.ats_sample.default
 # picks into n slots, which TensorRT's builder rejects when M > n). No Slice/Range/Expand (each
 # 13-30 int64 layers in TensorRT's parser): positions and 0..M-1 are cumulative sums.
 # The TensorRT ONNX parser inlines the body unless the node carries the plugin attributes
-# (--plugins on, ops/_lowering.py) and a plugin AtsSample is registered in that namespace.
+# (--plugins on, ops/lowering.py) and a plugin AtsSample is registered in that namespace.
 
 
 def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:

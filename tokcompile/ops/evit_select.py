@@ -26,7 +26,7 @@ from onnxscript import opset18 as op
 
 from .. import _defaults
 from ..errors import TokcompileError
-from ._lowering import plugin_attributes
+from .lowering import plugin_attributes
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "EvitSelect"
@@ -91,7 +91,7 @@ evit_select = torch.ops.tokcompile.evit_select.default
 # layers: positions come from a CumSum of ones, the prefix is masked rather than sliced off, and
 # the kept tokens are gathered with GatherND (batch_dims=1) rather than an expanded index, and the
 # prefix / fused rows with Gathers of attribute-length index vectors. The TensorRT ONNX parser
-# inlines the body unless the node carries the plugin attributes (--plugins on, ops/_lowering.py)
+# inlines the body unless the node carries the plugin attributes (--plugins on, ops/lowering.py)
 # and a plugin EvitSelect is registered in that namespace.
 
 

@@ -51,7 +51,7 @@ from onnxscript import opset18 as op
 
 from .. import _defaults
 from ..errors import TokcompileError
-from ._lowering import plugin_attributes
+from .lowering import plugin_attributes
 
 ONNX_DOMAIN = _defaults.ONNX_DOMAIN
 ONNX_NAME = "TomeMerge"

@@ -8,33 +8,24 @@ Rewrite, for every block whose attention runs after a ``tome_merge`` (methods-re
 ``size`` is the size output of the latest merge before the block, so block 0 (and any block
 before the first merge) gets no bias. The bias is [B, 1, 1, N] in q's dtype: fused attention
 stays, it only gains an additive mask. Does nothing when ``ctx.config.prop_attn`` is false or
-there are no merges; biased calls carry ``meta["tokcompile.prop_attn"]`` (idempotence).
+there are no merges; biased calls carry ``meta[PROP_ATTN_KEY]`` (idempotence). The bias function
+is ``ops/proportional_attention.py``.
 """
 
 from __future__ import annotations
 
 import logging
 
-import torch
 import torch.fx as fx
 
 from ..errors import TokcompileError
 from ..models.tracing import find_blocks
+from ..ops.proportional_attention import size_attention_bias
 from .insert_tome_merge import merge_output, tome_merge_nodes
 from .manager import PassContext, PassResult
+from .names import PROP_ATTN_KEY
 
 logger = logging.getLogger(__name__)
-
-META_KEY = "tokcompile.prop_attn"
-
-
-@torch.fx.wrap
-def size_attention_bias(size: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """size: [B, N, 1] float32 token sizes → log(size) as an additive key bias [B, 1, 1, N] in q's dtype."""
-    # detach: sizes are counts without a gradient, and a mask that requires grad makes the ONNX
-    # exporter's re-trace pick another CPU SDPA kernel (other output strides) than torch.export
-    # did, which then fails on timm's transpose+reshape (torch 2.15).
-    return size.detach().float().log().transpose(1, 2).unsqueeze(1).to(q.dtype)
 
 
 def add_proportional_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -49,7 +40,7 @@ def add_proportional_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResu
     for block in find_blocks(gm):
         sdpa = block.sdpa
         before = [size for position, size in sizes if position < order[sdpa]]
-        if not before or META_KEY in sdpa.meta:
+        if not before or PROP_ATTN_KEY in sdpa.meta:
             continue
         if sdpa.kwargs.get("attn_mask") is not None or (len(sdpa.args) > 3 and sdpa.args[3] is not None):
             raise TokcompileError(
@@ -63,7 +54,7 @@ def add_proportional_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResu
             sdpa.update_arg(3, bias)
         else:
             sdpa.update_kwarg("attn_mask", bias)
-        sdpa.meta[META_KEY] = True
+        sdpa.meta[PROP_ATTN_KEY] = True
         biased.append(block.index)
     logger.info("add_proportional_attention: log(size) bias in %d blocks %s", len(biased), biased)
     return PassResult(gm, bool(biased))

@@ -21,21 +21,19 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..errors import TokcompileError
-from ._outputs import OUTPUT_META
+from ..precision import check_precision
+from .graph_outputs import named_outputs
 from .manager import PassContext, PassResult
+from .names import FLOAT_OUTPUTS, PRECISION_KEY
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DONE_KEY = "tokcompile.precision"
-FLOAT_OUTPUTS = ("logits", "features")  # cast back to float32 so the interface never changes
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # keys: precision.PRECISIONS
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    if precision not in DTYPES:
-        raise TokcompileError(f"--precision must be one of {', '.join(DTYPES)}, got '{precision}'")
-    return DTYPES[precision]
+    """The torch dtype of a precision name; a one-line user error for an unknown name."""
+    return DTYPES[check_precision(precision)]
 
 
 def _is_float32_island(gm: fx.GraphModule, node: fx.Node, dtype: torch.dtype) -> bool:
@@ -66,7 +64,7 @@ def _keep_float32(gm: fx.GraphModule, node: fx.Node) -> None:
 def cast_precision(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     precision = ctx.info.get("precision", "fp32")
     dtype = precision_dtype(precision)
-    done = gm.meta.get(DONE_KEY)
+    done = gm.meta.get(PRECISION_KEY)
     if done is not None and done != precision:  # its casts and islands would stack: a broken graph
         raise ValueError(f"the graph is already cast to {done}; capture the model again to build {precision}")
     if dtype is torch.float32 or done == precision:
@@ -92,12 +90,12 @@ def cast_precision(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             islands += 1
         elif node.op == "output":
             values = node.args[0] if isinstance(node.args[0], tuple) else (node.args[0],)
-            names = node.meta.get(OUTPUT_META, ["logits"])
+            names = named_outputs(gm)
             with graph.inserting_before(node):
                 values = tuple(
                     graph.call_method("float", (v,)) if name in FLOAT_OUTPUTS else v for v, name in zip(values, names)
                 )
             node.args = (values if isinstance(node.args[0], tuple) else values[0],)
-    gm.meta[DONE_KEY] = precision
+    gm.meta[PRECISION_KEY] = precision
     logger.info("cast_precision: %s with %d float32 islands", precision, islands)
     return PassResult(gm, True)

@@ -13,9 +13,10 @@ After the first sampling layer, every attention gets ``mask`` = 0 / -inf on padd
 SDPA with an additive mask), so a padded position never changes a real token: the token count
 becomes per-image, the tensor shape stays n (the stage split and the runtime bucket it). The
 graph outputs ``count_<l>`` [B] and ``kept_ids_<l>`` [B, n] (original token ids, -1 = padding).
-The sampling nodes carry ``meta["tokcompile.boundary"]`` (``split_stages`` cuts after them) and
-the compacted tensors ``meta["tokcompile.token_dim"]`` (the runtime slices them to a bucket).
-Marks inserted ops with ``meta["tokcompile.token_op"]``; a block that has one is left alone.
+The sampling nodes carry ``meta[BOUNDARY_KEY]`` (``split_stages`` cuts after them) and the
+compacted tensors ``meta[TOKEN_DIM_KEY]`` (the runtime slices them to a bucket); keys in
+``names.py``, the tensor functions in ``ops/`` (``ats_cls_attention``, ``padded_tokens``,
+``token_ids``). Marks inserted ops with ``meta[TOKEN_OP_KEY]``; a block that has one is left alone.
 """
 
 from __future__ import annotations
@@ -24,48 +25,19 @@ import logging
 import operator
 from typing import Optional
 
-import torch
 import torch.fx as fx
 
 from ..models.tracing import find_blocks
+from ..ops.ats_cls_attention import ats_cls_attention
 from ..ops.ats_sample import ats_sample
-from ._outputs import append_outputs
-from ._tokens import (
-    BOUNDARY_KEY,
-    TOKEN_DIM_KEY,
-    all_valid,
-    gather_tokens,
-    initial_ids,
-    mask_padded_keys,
-    sampled_ids,
-    valid_prefix,
-)
-from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
+from ..ops.padded_tokens import all_valid, gather_tokens, valid_prefix
+from ..ops.token_ids import initial_ids, sampled_ids
+from .graph_outputs import append_outputs
 from .manager import PassContext, PassResult
+from .names import BOUNDARY_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY, count_name, kept_ids_name
+from .tokens import mask_padded_keys, token_op_nodes
 
 logger = logging.getLogger(__name__)
-
-SOFTMAX_EPS = 1e-6  # the official softmax_with_policy's eps (§3.2)
-
-
-@torch.fx.wrap
-def ats_cls_attention(
-    q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, scale: Optional[float] = None
-) -> torch.Tensor:
-    """CLS row of the official eps-softmax over the image's real keys: [B, H, n] float32.
-
-    (exp(a - max) + eps/N) / (Σ exp + eps), N = the image's own token count (§3.2); padded keys 0.
-    """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    # q[:, :, 0] as a select (one Gather), not a Slice of the dynamic token axis
-    logits = (
-        torch.matmul(q.select(2, 0).unsqueeze(2).float(), k.float().transpose(-2, -1)).squeeze(2) * scale
-    )  # [B, H, n]
-    keys = valid[:, None, :]
-    logits = logits.masked_fill(~keys, float("-inf"))
-    e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
-    count = valid.sum(dim=-1, keepdim=True).unsqueeze(1).float()  # [B, 1, 1]
-    return torch.where(keys, (e + SOFTMAX_EPS / count) / (e.sum(-1, keepdim=True) + SOFTMAX_EPS), 0.0)
 
 
 def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -102,7 +74,7 @@ def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             node.meta[TOKEN_DIM_KEY] = 1
         for node in (op, rows, count, tokens, valid, ids):
             node.meta[BOUNDARY_KEY] = block.index
-        outputs += [(f"count_{block.index}", count), (f"kept_ids_{block.index}", ids)]
+        outputs += [(count_name(block.index), count), (kept_ids_name(block.index), ids)]
     if not outputs:  # none of cfg.layers is a block of this graph: nothing was inserted
         return PassResult(gm, False)
     names = append_outputs(gm, outputs)

@@ -12,7 +12,8 @@ Every later attention masks padded keys (0 / -inf, fused SDPA), so halted tokens
 in the official code's exp(−1000) masking. The classifier reads ``norm(out)`` at the CLS position,
 the ponder-weighted CLS of §4.2, not the last block's CLS. Outputs ``count_<l>`` and
 ``kept_ids_<l>`` per block (tokens still running after block l), and each compaction is a stage
-boundary, so the runtime buckets the next block.
+boundary, so the runtime buckets the next block. The halting arithmetic (``avit_init``,
+``avit_update``, ``ponder_tokens``, ``gather_c``) is ``ops/avit_halting.py``.
 """
 
 from __future__ import annotations
@@ -21,71 +22,19 @@ import logging
 import operator
 from typing import Optional
 
-import torch
 import torch.fx as fx
 
 from ..models.tracing import find_blocks
+from ..ops.avit_halting import avit_init, avit_update, gather_c, ponder_tokens
 from ..ops.compact_tokens import compact_tokens
-from ._outputs import append_outputs
-from ._tokens import (
-    BOUNDARY_KEY,
-    TOKEN_DIM_KEY,
-    all_valid,
-    gather_tokens,
-    initial_ids,
-    mask_padded_keys,
-    positions,
-    sampled_ids,
-    valid_prefix,
-)
-from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
+from ..ops.padded_tokens import all_valid, gather_tokens, valid_prefix
+from ..ops.token_ids import initial_ids, sampled_ids
+from .graph_outputs import append_outputs
 from .manager import PassContext, PassResult
+from .names import BOUNDARY_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY, count_name, kept_ids_name
+from .tokens import mask_padded_keys, token_op_nodes
 
 logger = logging.getLogger(__name__)
-
-
-@torch.fx.wrap
-def avit_init(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """State before block 0: c [B, n] = 0, R [B] = 1, out [B, C] = 0, done [B] = False (float32)."""
-    B, n, C = x.shape
-    zeros = torch.zeros(B, n, dtype=torch.float32, device=x.device)
-    return zeros, zeros[:, 0] + 1.0, torch.zeros(B, C, dtype=torch.float32, device=x.device), zeros[:, 0] > 0
-
-
-@torch.fx.wrap
-def avit_update(
-    y: torch.Tensor,
-    c: torch.Tensor,
-    remainder: torch.Tensor,
-    out: torch.Tensor,
-    done: torch.Tensor,
-    valid: torch.Tensor,
-    gamma: float,
-    beta: float,
-    threshold: float,
-    last: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One halting step (float32). Returns (c, R, out, done, keep [B, n] bool)."""
-    h = torch.sigmoid(gamma * y[:, :, 0].float() - beta)
-    if last:
-        h = torch.ones_like(h)
-    c = torch.where(valid, c + h, c)
-    h_cls, c_cls, y_cls = h[:, 0], c[:, 0], y[:, 0].float()
-    reached = (c_cls > threshold) & ~done
-    running = (c_cls < threshold) & ~done
-    weight = torch.where(reached, remainder, torch.where(running, h_cls, torch.zeros_like(h_cls)))
-    out = out + y_cls * weight[:, None]
-    remainder = torch.where(running, remainder - h_cls, remainder)
-    done = done | ~running
-    cls = positions(valid) == 0
-    keep = ((c < threshold) & valid & ~done[:, None]) | cls  # CLS stays; a halted image keeps only it
-    return c, remainder, out, done, keep
-
-
-@torch.fx.wrap
-def ponder_tokens(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The ponder-weighted CLS as a one-token sequence [B, 1, C] for the final norm and pooling."""
-    return out[:, None, :].to(like.dtype)
 
 
 def insert_avit_halting(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -138,12 +87,7 @@ def insert_avit_halting(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             node.meta[TOKEN_DIM_KEY] = 1
         for node in (op, rows, count, tokens, c, valid, ids, step, *parts):
             node.meta[BOUNDARY_KEY] = block.index
-        outputs += [(f"count_{block.index}", count), (f"kept_ids_{block.index}", ids)]
+        outputs += [(count_name(block.index), count), (kept_ids_name(block.index), ids)]
     ctx.info["outputs"] = append_outputs(gm, outputs)
     logger.info("insert_avit_halting: %d blocks (γ %s, β %s, ε %s)", len(blocks), cfg.gamma, cfg.beta, cfg.eps)
     return PassResult(gm, True)
-
-
-@torch.fx.wrap
-def gather_c(c: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return c.gather(1, rows)

@@ -7,8 +7,8 @@ Rewrite, for each block in ``ctx.layers`` (methods-reference.md §1.2)::
                                             x = x + mlp(norm2(x))
 
 ``cls_row`` is the node added by ``capture_cls_attention`` for the same block, which must run
-first. Inserted nodes carry ``meta["tokcompile.token_op"]`` (block index); a block that already
-has one is left alone, so the pass is idempotent.
+first. Inserted nodes carry ``meta[TOKEN_OP_KEY]`` (block index, ``names.py``); a block that
+already has one is left alone, so the pass is idempotent.
 """
 
 from __future__ import annotations
@@ -23,15 +23,10 @@ from ..models.tracing import find_blocks
 from ..ops.evit_select import evit_select
 from .capture_cls_attention import cls_attention_nodes
 from .manager import PassContext, PassResult
+from .names import TOKEN_OP_KEY
+from .tokens import token_op_nodes
 
 logger = logging.getLogger(__name__)
-
-TOKEN_OP_KEY = "tokcompile.token_op"
-
-
-def token_op_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """Token-op call nodes in graph order."""
-    return [n for n in gm.graph.nodes if TOKEN_OP_KEY in n.meta]
 
 
 def insert_evit_select(gm: fx.GraphModule, ctx: PassContext) -> PassResult:

@@ -11,9 +11,9 @@ Rewrite, for each block in ``ctx.layers`` (methods-reference.md §2.1), with ``r
 
 ``k`` is the block's ``scaled_dot_product_attention`` key input (after ``k_norm``). ``size``
 starts as ``token_sizes(x)`` = ones [B, N, 1] float32, made from the tokens entering the first
-merge, and is threaded from each merge to the next. Inserted merges carry
-``meta["tokcompile.token_op"]`` (block index); a block that already has one is left alone,
-so the pass is idempotent.
+merge, and is threaded from each merge to the next (``tome_metric`` and ``token_sizes`` in
+``ops/tome_metric.py``). Inserted merges carry ``meta[TOKEN_OP_KEY]`` (block index,
+``names.py``); a block that already has one is left alone, so the pass is idempotent.
 """
 
 from __future__ import annotations
@@ -22,29 +22,16 @@ import logging
 import operator
 from typing import Optional
 
-import torch
 import torch.fx as fx
 
 from ..models.tracing import find_blocks
 from ..ops.tome_merge import tome_merge
-from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
+from ..ops.tome_metric import token_sizes, tome_metric
 from .manager import PassContext, PassResult
+from .names import TOKEN_OP_KEY, TOME_SIZES_KEY
+from .tokens import token_op_nodes
 
 logger = logging.getLogger(__name__)
-
-SIZES_KEY = "tokcompile.tome_sizes"
-
-
-@torch.fx.wrap
-def tome_metric(k: torch.Tensor) -> torch.Tensor:
-    """k: [B, H, N, hd] → ToMe's matching metric, the keys averaged over heads: [B, N, hd] float32."""
-    return k.float().mean(dim=1)
-
-
-@torch.fx.wrap
-def token_sizes(x: torch.Tensor) -> torch.Tensor:
-    """x: [B, N, C] → ones [B, N, 1] float32: every token stands for one patch before any merge."""
-    return torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
 
 
 def tome_merge_nodes(gm: fx.GraphModule) -> list[fx.Node]:
@@ -61,13 +48,13 @@ def _thread_sizes(gm: fx.GraphModule) -> None:
     """size input of each merge = the previous merge's size output; the first gets token_sizes."""
     merges = tome_merge_nodes(gm)
     graph = gm.graph
-    initial = next((n for n in graph.nodes if n.meta.get(SIZES_KEY)), None)
+    initial = next((n for n in graph.nodes if n.meta.get(TOME_SIZES_KEY)), None)
     first = merges[0]
     if initial is None or initial.args[0] is not first.args[0]:
         stale = initial
         with graph.inserting_before(first):
             initial = graph.call_function(token_sizes, (first.args[0],))
-        initial.meta[SIZES_KEY] = True
+        initial.meta[TOME_SIZES_KEY] = True
         if stale is not None:
             stale.replace_all_uses_with(initial)
             graph.erase_node(stale)

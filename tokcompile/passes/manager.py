@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 import torch.fx as fx
 
 from ..errors import TokcompileError
@@ -22,9 +23,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PassContext:
-    """What passes may read (spec, method config) and record (``info``, for manifest/report).
+    """What passes may read (spec, method config, method state) and record (``info``, for
+    manifest/report).
 
     layers: 0-based block indices the method acts on.
+    method_state: tensors a method's passes read besides the model's parameters, by the names
+        those passes document (AdaViT's decision heads, ``insert_adavit_gates``); prepared by
+        ``methods.apply_method`` from what the checkpoint carried (``Method.prepare_state``).
     info: facts passes leave for later stages, e.g. ``info["token_counts"]``.
     """
 
@@ -33,6 +38,7 @@ class PassContext:
     layers: tuple[int, ...] = ()
     debug: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    method_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,18 +15,19 @@ import logging
 
 import torch.fx as fx
 
-from ._outputs import append_outputs, named_outputs
+from .graph_outputs import append_outputs, named_outputs
 from .manager import PassContext, PassResult
+from .names import FEATURES
 
 logger = logging.getLogger(__name__)
 
 
 def output_features(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    if "features" in named_outputs(gm):
+    if FEATURES in named_outputs(gm):
         return PassResult(gm, False)
     head = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == "head"), None)
     if head is None:
         logger.info("output_features: no 'head' module; no features output")
         return PassResult(gm, False)
-    ctx.info["outputs"] = append_outputs(gm, [("features", head.args[0])], position=1)
+    ctx.info["outputs"] = append_outputs(gm, [(FEATURES, head.args[0])], position=1)
     return PassResult(gm, True)

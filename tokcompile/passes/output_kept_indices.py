@@ -16,38 +16,21 @@ from __future__ import annotations
 import logging
 import operator
 
-import torch
 import torch.fx as fx
 
 from ..ops.evit_select import evit_select
-from ._outputs import append_outputs, named_outputs, output_node
-from ._tokens import initial_ids
-from .insert_evit_select import TOKEN_OP_KEY, token_op_nodes
+from ..ops.token_ids import gather_token_ids, initial_ids
+from .graph_outputs import append_outputs, named_outputs, output_node
 from .manager import PassContext, PassResult
+from .names import KEPT_IDS, TOKEN_OP_KEY, is_kind, kept_ids_name
+from .tokens import token_op_nodes
 
 logger = logging.getLogger(__name__)
 
 
-@torch.fx.wrap
-def gather_token_ids(
-    ids: torch.Tensor, kept_pos: torch.Tensor, out: torch.Tensor, num_prefix: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids: [B, N] ids of the op's input; kept_pos: [B, k] positions kept; out: the op's tokens.
-
-    Returns (ids of out [B, N'], ids of the kept tokens [B, k]); extra tokens an op appends
-    after the kept ones (EViT's fused token) get id -1.
-    """
-    kept = ids.gather(1, kept_pos)
-    extra = out.shape[1] - num_prefix - kept_pos.shape[1]
-    parts = [ids[:, :num_prefix], kept]
-    if extra > 0:
-        parts.append(torch.full_like(ids[:, :extra], -1))
-    return torch.cat(parts, dim=1), kept
-
-
 def output_kept_indices(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     ops = [n for n in token_op_nodes(gm) if n.target is evit_select]  # other ops: their own output pass
-    if not ops or any(name.startswith("kept_ids_") for name in named_outputs(gm)):
+    if not ops or any(is_kind(name, KEPT_IDS) for name in named_outputs(gm)):
         return PassResult(gm, False)
     graph = gm.graph
     items = []
@@ -59,7 +42,7 @@ def output_kept_indices(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
                 ids = graph.call_function(initial_ids, (sel.args[0],))
             pair = graph.call_function(gather_token_ids, (ids, getters[1], getters[0], ctx.spec.num_prefix_tokens))
             ids = graph.call_function(operator.getitem, (pair, 0))
-            items.append((f"kept_ids_{sel.meta[TOKEN_OP_KEY]}", graph.call_function(operator.getitem, (pair, 1))))
+            items.append((kept_ids_name(sel.meta[TOKEN_OP_KEY]), graph.call_function(operator.getitem, (pair, 1))))
     ctx.info["outputs"] = append_outputs(gm, items)
     logger.info("output_kept_indices: %s", ", ".join(name for name, _ in items))
     return PassResult(gm, True)

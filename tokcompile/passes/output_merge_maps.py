@@ -19,28 +19,20 @@ from __future__ import annotations
 import logging
 import operator
 
-import torch
 import torch.fx as fx
 
-from ._outputs import append_outputs, named_outputs, output_node
-from .insert_evit_select import TOKEN_OP_KEY
+from ..ops.token_ids import compose_merge_map
+from .graph_outputs import append_outputs, named_outputs, output_node
 from .insert_tome_merge import merge_output, tome_merge_nodes
 from .manager import PassContext, PassResult
+from .names import MERGE_MAP, TOKEN_OP_KEY, is_kind, merge_map_name
 
 logger = logging.getLogger(__name__)
-
-PREFIX = "merge_map_"
-
-
-@torch.fx.wrap
-def compose_merge_map(previous: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
-    """previous: [B, N0] positions in this layer's input; dest: [B, N] → positions in its output [B, N0]."""
-    return dest.gather(1, previous)
 
 
 def output_merge_maps(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     merges = tome_merge_nodes(gm)
-    if not merges or any(name.startswith(PREFIX) for name in named_outputs(gm)):
+    if not merges or any(is_kind(name, MERGE_MAP) for name in named_outputs(gm)):
         return PassResult(gm, False)
     graph = gm.graph
     items = []
@@ -51,7 +43,7 @@ def output_merge_maps(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             if dest is None:
                 dest = graph.call_function(operator.getitem, (merge, 2))
             current = dest if current is None else graph.call_function(compose_merge_map, (current, dest))
-            items.append((f"{PREFIX}{merge.meta[TOKEN_OP_KEY]}", current))
+            items.append((merge_map_name(merge.meta[TOKEN_OP_KEY]), current))
     ctx.info["outputs"] = append_outputs(gm, items)
     logger.info("output_merge_maps: %s", ", ".join(name for name, _ in items))
     return PassResult(gm, True)

@@ -1,8 +1,8 @@
 """split_stages: assign every node to a stage; a stage ends where a token count becomes known.
 
-No rewrite: sets ``node.meta["tokcompile.stage"]``. A node runs in the stage of its latest
+No rewrite: sets ``node.meta[STAGE_KEY]`` (``names.py``). A node runs in the stage of its latest
 input, one stage later when that input belongs to a boundary group (the nodes a token op marks
-with ``meta["tokcompile.boundary"]``: the op, its compacted tokens, validity mask and counts)
+with ``meta[BOUNDARY_KEY]``: the op, its compacted tokens, validity mask and counts)
 that the node itself is not part of. So each stage ends with a compaction, and inside a stage
 every shape follows from the stage's input token count, its bucket (DESIGN.md §1.4).
 Parameters (get_attr) go to the stage of their first user, so no weight crosses a stage.
@@ -15,12 +15,10 @@ import logging
 
 import torch.fx as fx
 
-from ._tokens import BOUNDARY_KEY
 from .manager import PassContext, PassResult
+from .names import BOUNDARY_KEY, STAGE_KEY
 
 logger = logging.getLogger(__name__)
-
-STAGE_KEY = "tokcompile.stage"
 
 
 def split_stages(gm: fx.GraphModule, ctx: PassContext) -> PassResult:

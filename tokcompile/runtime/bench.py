@@ -58,7 +58,7 @@ def twin_runner(
     """
     from ..backends import onnxruntime as ort_backend
     from ..export.onnx import onnx_from_graph_module
-    from ..passes._outputs import named_outputs
+    from ..passes.graph_outputs import named_outputs
     from .bundle import read_manifest
     from .reference import rebuild
 

@@ -158,7 +158,7 @@ def calibrate(
     """Token counts of the calibration images after each boundary stage and the buckets for them."""
     from ..export.stages import cut_stages
     from ..models.flops import count_gmacs_staged
-    from ..passes._outputs import named_outputs
+    from ..passes.graph_outputs import named_outputs
 
     images, explicit, profile = plan.images, plan.explicit, plan.profile
     with torch.no_grad():

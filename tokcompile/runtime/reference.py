@@ -22,7 +22,7 @@ def rebuild(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(GraphModule, ModelSpec, pass info) of the bundle's reduced model, or of its dense twin with
     ``method='none'``, in ``precision`` (default the bundle's)."""
-    from ..methods import apply_method, get_method, resolve_config
+    from ..methods import adapt_checkpoint, apply_method, get_method, resolve_config
     from ..models import create_model
 
     record = manifest.weights
@@ -32,7 +32,13 @@ def rebuild(
             "pass a copy of it with --weights PATH"
         )
     source = weights if weights is not None else record.path if record.source == "file" else record.source
-    model, spec, got = create_model(manifest.model.timm_name, weights=source, seed=record.seed, **manifest.model.kwargs)
+    model, spec, got, method_state = create_model(
+        manifest.model.timm_name,
+        weights=source,
+        seed=record.seed,
+        checkpoint_adapter=adapt_checkpoint,
+        **manifest.model.kwargs,
+    )
     if got["digest"] != record.digest:
         if weights is not None:
             raise TokcompileError(
@@ -45,5 +51,5 @@ def rebuild(
     m = get_method(method or manifest.method.name)
     params = manifest.method.params if m.name == manifest.method.name else {}
     config = resolve_config(m, spec, params)
-    gm, info = apply_method(model, spec, m, config, precision or manifest.precision)
+    gm, info = apply_method(model, spec, m, config, precision or manifest.precision, method_state=method_state)
     return gm, spec, info

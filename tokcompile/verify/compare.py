@@ -44,7 +44,8 @@ from polygraphy.backend.base import BaseRunner
 from .. import _defaults
 from ..backends import REFERENCE, get_backend
 from ..errors import TokcompileError
-from ..passes._outputs import named_outputs
+from ..passes.graph_outputs import named_outputs
+from ..passes.names import COUNT, FEATURES, LOGITS, MERGE_MAP, SELECTION_KINDS, is_kind
 from ..runtime.bundle import read_manifest
 from ..runtime.caveats import caveats, tagged
 from .evaluate import bars_and_logs, cosine, progress_bar, random_batches
@@ -114,8 +115,6 @@ class TorchRunner(BaseRunner):
 
 
 REFERENCES = ("fp32", "same")
-MERGE_MAP_PREFIX = "merge_map_"  # passes/output_merge_maps.py names them so (torch-free import here)
-SELECTION_PREFIXES = ("kept_ids_", "count_")
 
 
 @dataclass
@@ -132,7 +131,7 @@ class CompareReport:
     agreeing: int = 0  # images whose selections are identical in every layer
     max_abs_agreeing: Optional[float] = None  # logits, agreeing images only
     top1_agreement: Optional[float] = None  # None for a model without classes
-    output: str = "logits"  # what the cosine is measured on: "features" or the model output
+    output: str = LOGITS  # what the cosine is measured on: FEATURES or the model output
     cosine_mean: float = 1.0
     cosine_p5: float = 1.0
     cosine_min: float = 1.0
@@ -200,9 +199,9 @@ class CompareReport:
         for name, rate in self.layer_agreement.items():
             what = (
                 "token groupings"
-                if name.startswith(MERGE_MAP_PREFIX)
+                if is_kind(name, MERGE_MAP)
                 else "token counts"
-                if name.startswith("count_")
+                if is_kind(name, COUNT)
                 else "kept-token sets"
             )
             line = f"{name}: identical {what} for {rate:.1%} of images"
@@ -354,9 +353,9 @@ def compare(
     # per image, since token-dimension outputs of a staged bundle are as wide as each batch's bucket
     ref = {n: [row for it in ref_iters for row in it[n]] for n in outputs}
     got = {n: [row for it in got_iters for row in it[n]] for n in outputs}
-    ref["logits"], got["logits"] = np.stack(ref["logits"]), np.stack(got["logits"])
-    diff = np.abs(ref["logits"].astype(np.float64) - got["logits"].astype(np.float64))
-    effect = "features" if "features" in outputs else "logits"
+    ref[LOGITS], got[LOGITS] = np.stack(ref[LOGITS]), np.stack(got[LOGITS])
+    diff = np.abs(ref[LOGITS].astype(np.float64) - got[LOGITS].astype(np.float64))
+    effect = FEATURES if FEATURES in outputs else LOGITS
     cos = cosine(np.stack(got[effect]), np.stack(ref[effect]))
     classes = model.num_classes
     report = CompareReport(
@@ -365,11 +364,11 @@ def compare(
         reference_precision=reference_precision,
         atol=atol,
         min_agreement=min_agreement,
-        images=int(ref["logits"].shape[0]),
+        images=int(ref[LOGITS].shape[0]),
         max_abs=float(diff.max()),
         mean_abs=float(diff.mean()),
         polygraphy_passed=None,
-        top1_agreement=float((ref["logits"].argmax(1) == got["logits"].argmax(1)).mean()) if classes else None,
+        top1_agreement=float((ref[LOGITS].argmax(1) == got[LOGITS].argmax(1)).mean()) if classes else None,
         output=effect if classes else "output",
         cosine_mean=float(cos.mean()),
         cosine_p5=float(np.percentile(cos, 5)),
@@ -377,7 +376,7 @@ def compare(
         caveats=caveats(manifest),
     )
     identical: dict[str, np.ndarray] = {}
-    for name in (n for n in outputs if n.startswith(SELECTION_PREFIXES)):
+    for name in (n for n in outputs if is_kind(n, *SELECTION_KINDS)):
         # -1 marks padding (and EViT's fused token): only real tokens are compared
         pairs = [
             (set(np.atleast_1d(a).tolist()) - {-1}, set(np.atleast_1d(b).tolist()) - {-1})
@@ -385,7 +384,7 @@ def compare(
         ]
         identical[name] = np.array([a == b for a, b in pairs])
         report.layer_overlap[name] = float(np.mean([len(a & b) / max(1, len(a)) for a, b in pairs]))
-    for name in (n for n in outputs if n.startswith(MERGE_MAP_PREFIX)):
+    for name in (n for n in outputs if is_kind(n, MERGE_MAP)):
         groups = [(_canonical_groups(a), _canonical_groups(b)) for a, b in zip(ref[name], got[name])]
         identical[name] = np.array([np.array_equal(a, b) for a, b in groups])
         report.layer_overlap[name] = float(np.mean([_same_group_share(a, b) for a, b in groups]))
@@ -401,7 +400,7 @@ def compare(
         simple = getattr(polygraphy_compare, "SimpleCompareFunc", None) or CompareFunc.simple
         with _polygraphy_logging():
             accuracy = Comparator.compare_accuracy(
-                _rows(results, agreeing, "logits"), compare_func=simple(atol=atol, rtol=0.0)
+                _rows(results, agreeing, LOGITS), compare_func=simple(atol=atol, rtol=0.0)
             )
         report.polygraphy_passed = bool(accuracy)
     if backend is not built:

@@ -40,6 +40,7 @@ import numpy as np
 from .. import _defaults
 from ..data.labels import labels_of, top1_correct
 from ..errors import TokcompileError
+from ..passes.names import FEATURES, LOGITS
 from ..runtime.caveats import RANDOM_HEADS as RANDOM_HEADS_TAG
 from ..runtime.caveats import RANDOM_WEIGHTS as RANDOM_WEIGHTS_TAG
 from ..runtime.caveats import caveats, tagged
@@ -190,11 +191,11 @@ def score_batches(
     models: Mapping[str, Model],
     batches: Iterable[tuple[Any, Optional[Sequence[Path]]]],
     reference: str = "dense",
-    outputs: Sequence[str] = ("logits", "features"),
+    outputs: Sequence[str] = (LOGITS, FEATURES),
     with_labels: bool = True,
     bar: Any = None,
     views: Optional[Mapping[str, int]] = None,
-    cosine_output: Optional[str] = "features",
+    cosine_output: Optional[str] = FEATURES,
 ) -> dict[str, Scores]:
     """Run every model on every batch, back to back, and total each against ``models[reference]``.
 
@@ -228,15 +229,15 @@ def score_batches(
         count = len(view(images, reference))
         labels = labels_of(files) if with_labels and files is not None else None
         ref = got[reference]
-        ref_top = ref["logits"].argmax(1)
+        ref_top = ref[LOGITS].argmax(1)
         for name, out in got.items():
             score = scores[name]
             score.images += count
-            score.agree += int((out["logits"].argmax(1) == ref_top).sum())
+            score.agree += int((out[LOGITS].argmax(1) == ref_top).sum())
             if cosine_output is not None and cosine_output in outputs:
                 score.cosines.append(cosine(out[cosine_output], ref[cosine_output]))
             if labels is not None:
-                correct, labelled = top1_correct(out["logits"], labels)
+                correct, labelled = top1_correct(out[LOGITS], labels)
                 score.correct += correct
                 score.labelled += labelled
         if bar is not None:
@@ -351,11 +352,11 @@ def evaluate_bundles(
         logger.info("eval: exporting the dense twin at %s for the throughput comparison", precision)
         models[TIMING] = dense_runner(directories[0], threads, precision=precision, weights=weights)
     # a staged bundle's final outputs differ from its first stage's; older runners lack output_names
-    outputs = ["logits", "features"]
+    outputs = [LOGITS, FEATURES]
     every: list[Any] = [*runners, *models.values()]
     for model in every:
-        if "features" not in (getattr(model, "output_names", None) or model.manifest.stages[0].outputs):
-            outputs = ["logits"]
+        if FEATURES not in (getattr(model, "output_names", None) or model.manifest.stages[0].outputs):
+            outputs = [LOGITS]
 
     def bundle_model(runner: Any) -> Model:
         # runner.run: the bundle as users run it (input checks, every output incl. the token maps)
@@ -372,7 +373,7 @@ def evaluate_bundles(
             with_labels=labelled_model,
             bar=bar,
             views=views,
-            cosine_output="features" if "features" in outputs else None if classes else "logits",
+            cosine_output=FEATURES if FEATURES in outputs else None if classes else LOGITS,
         )
     timing = scores.get(TIMING, scores[DENSE])
     context = {"batch": batch, "stats": stats, "images": images, "labelled_model": labelled_model}

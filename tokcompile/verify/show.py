@@ -6,7 +6,7 @@ executes, never from a re-implementation:
 * ``kept_ids_<block>`` [B, k] int64: original token ids kept by that layer (ids < P are prefix
   tokens; -1 is EViT's fused token or, in staged bundles, bucket padding: never a patch). Drawn
   as the EViT paper (Liang et al., ICLR'22) draws attentive tokens: kept patches in colour, the
-  others greyed, labelled with what the method did to them (``LEGENDS``): EViT fuses them into
+  others greyed, labelled with what the method did to them (its ``Method.legend``): EViT fuses them into
   the layer's extra token (tinted and hatched) or prunes them; ATS drops the tokens its sampling
   did not pick; A-ViT halts tokens; all three for good (dark grey in later layers). AdaViT skips
   a token in one block only: it is computed again in the next, so its panels are independent.
@@ -33,46 +33,34 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import TokcompileError
+from ..methods import METHODS
+from ..methods.legend import Legend
+from ..passes.names import KEPT_IDS, MERGE_MAP, is_kind, parse_output_name
 from ..runtime.caveats import caveats
 
 logger = logging.getLogger(__name__)
 
-KEPT_PREFIX, MERGE_PREFIX = "kept_ids_", "merge_map_"
-
 # patch states of kept_ids_* layers
 KEPT, FUSED, PRUNED, EARLIER = 0, 1, 2, 3
-STATE_LABELS = {
-    KEPT: "kept",
-    FUSED: "fused into this layer's extra token",
-    PRUNED: "pruned by this layer",
-    EARLIER: "dropped by an earlier layer",
-}
 
 
-@dataclass(frozen=True)
-class Legend:
-    """What a method's kept_ids_* layers mean: labels per state, and whether a drop is for good."""
+def state_labels(legend: Legend) -> dict[int, str]:
+    """Patch state → its label under a method's legend (only the states the method can produce)."""
+    labels = {KEPT: legend.kept}
+    if legend.fused is not None:
+        labels[FUSED] = legend.fused
+    labels[PRUNED] = legend.dropped
+    if legend.earlier is not None:
+        labels[EARLIER] = legend.earlier
+    return labels
 
-    labels: dict[int, str]
-    cumulative: bool = True  # a token not kept by a layer is absent from every later layer
-    noun: str = "patches kept"
+
+def method_legend(method: str) -> Legend:
+    """The legend a method declares (``Method.legend``); the generic wording for any other."""
+    known = METHODS.get(method)
+    return known.legend if known is not None and known.legend is not None else Legend()
 
 
-LEGENDS = {
-    "evit": Legend(STATE_LABELS),
-    "ats": Legend(
-        {KEPT: "sampled (kept)", PRUNED: "not sampled: dropped by this layer", EARLIER: "dropped by an earlier layer"}
-    ),
-    "avit": Legend(
-        {KEPT: "still running", PRUNED: "halted at this layer", EARLIER: "halted at an earlier layer"},
-        noun="patches still running",
-    ),
-    "adavit": Legend(
-        {KEPT: "computed in this block", PRUNED: "skipped in this block (computed again in the next)"},
-        cumulative=False,
-        noun="patches computed",
-    ),
-}
 FUSED_TINT = np.array([0.62, 0.74, 1.0])  # grey × this: a cool blue-grey, distinct from plain grey
 HATCH_PERIOD = 6  # px between diagonal hatch lines on fused patches
 MAX_COLUMNS = 6  # panels per row of the figure
@@ -243,10 +231,8 @@ def denormalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> n
 
 
 def _block(name: str) -> int:
-    try:
-        return int(name.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+    block = parse_output_name(name)[1]
+    return -1 if block is None else block
 
 
 def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = None, dpi: int = 110) -> ShowResult:
@@ -267,17 +253,17 @@ def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = N
     preprocess = preprocessing(geometry.timm_name, geometry.input_shape)
     x = _load_image(image, preprocess)
     outputs = runner.run(x)
-    names = sorted((n for n in outputs if n.startswith((KEPT_PREFIX, MERGE_PREFIX))), key=_block)
+    names = sorted((n for n in outputs if is_kind(n, KEPT_IDS, MERGE_MAP)), key=_block)
     method = m.method.name
     if not names:
         raise TokcompileError(
             f"bundle '{directory}' (method {method}) has no kept_ids_*/merge_map_* outputs; nothing to show"
         )
     picture = denormalise(x[0], preprocess.mean, preprocess.std)
-    legend = LEGENDS.get(method, LEGENDS["evit"])
-    fuse = method == "evit" and bool(m.method.params.get("fuse", True))
+    legend = method_legend(method)
+    fuse = legend.fuses(m.method.params)
     panels: list[tuple[str, np.ndarray]] = [(f"input ({picture.shape[1]}×{picture.shape[0]})", picture)]
-    kept_names = [n for n in names if n.startswith(KEPT_PREFIX)]
+    kept_names = [n for n in names if is_kind(n, KEPT_IDS)]
     kept_ids = [outputs[n][0] for n in kept_names]
     states = dict(zip(kept_names, evit_patch_states(kept_ids, patches, prefix, fuse, legend.cumulative)))
     used: set[int] = set()
@@ -309,7 +295,7 @@ def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = N
     tags = caveats(m)
     if tags:
         title += f"\n{' and '.join(tags)}: these selections say nothing about the trained model"
-    labels = {s: legend.labels[s] for s in sorted(used)}
+    labels = {s: state_labels(legend)[s] for s in sorted(used)}
     _draw(panels, labels, title, out, dpi)
     logger.info("show: wrote %s (%d panels)", out, len(panels))
     return ShowResult(out, [name for name, _ in panels], tags, title, list(labels.values()))

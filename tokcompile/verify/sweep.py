@@ -273,13 +273,13 @@ def validate(
 ) -> Any:
     """Every point's config through the method's own checks, before any build starts; returns the spec."""
     from ..methods import get_method, resolve_config
-    from ..passes.cast_precision import precision_dtype
+    from ..precision import check_precision
 
     m = get_method(method)
     if not m.pipeline:
         raise TokcompileError(f"method '{method}' reduces no tokens; sweep a token-reduction method (evit, ...)")
     if precision is not None:
-        precision_dtype(precision)
+        check_precision(precision)
     spec = _spec_for_validation(model, model_kwargs)
     for value in values:
         resolve_config(m, spec, {param: value})
@@ -376,7 +376,7 @@ def _baseline_weights(model: str, weights: Optional[str], model_kwargs: dict[str
         return str(weights)
     from safetensors.torch import save_file
 
-    module, _, record = create_model(model, weights=weights, **model_kwargs)
+    module, _, record, _ = create_model(model, weights=weights, **model_kwargs)
     record.pop("notice", None)  # the points' builds said it already
     path = out / BASELINES_DIR / BASELINE_WEIGHTS
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ class TensorRT(TensorRTFamily):
         return dataclasses.replace(options, plugin_lib=resolve_plugin_lib(options.plugin_lib))
 
     def lowering(self, mode: str, ops: Iterable[Any]) -> str:
-        from ...ops._lowering import check_backend
+        from ...ops.lowering import check_backend
 
         check_backend(mode, self.name, ops)  # an op whose body needs float64 must stay a plugin
         return mode

@@ -1,12 +1,17 @@
-"""Named graph outputs shared by passes: ``logits`` first, then whatever passes append."""
+"""Named graph outputs: ``logits`` first, then whatever passes append (names in ``names.py``).
+
+The one place that knows how the names are stored: in the output node's
+``meta[names.OUTPUTS_KEY]``, in the order of the returned tuple.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch.fx as fx
 
-OUTPUT_META = "tokcompile.outputs"
+from .names import LOGITS, OUTPUTS_KEY
 
 
 def output_node(gm: fx.GraphModule) -> fx.Node:
@@ -14,10 +19,13 @@ def output_node(gm: fx.GraphModule) -> fx.Node:
 
 
 def named_outputs(gm: fx.GraphModule) -> list[str]:
-    return list(output_node(gm).meta.get(OUTPUT_META, ["logits"]))
+    """The names of ``gm``'s outputs in order (a captured graph: ``["logits"]``)."""
+    return list(output_node(gm).meta.get(OUTPUTS_KEY, [LOGITS]))
 
 
-def append_outputs(gm: fx.GraphModule, items: Sequence[tuple[str, fx.Node]], position: int | None = None) -> list[str]:
+def append_outputs(
+    gm: fx.GraphModule, items: Sequence[tuple[str, fx.Node]], position: Optional[int] = None
+) -> list[str]:
     """Add named outputs (at the end, or at ``position``); returns the new name list."""
     output = output_node(gm)
     names = named_outputs(gm)
@@ -26,5 +34,5 @@ def append_outputs(gm: fx.GraphModule, items: Sequence[tuple[str, fx.Node]], pos
     names[at:at] = [name for name, _ in items]
     values[at:at] = [node for _, node in items]
     output.args = (tuple(values),)
-    output.meta[OUTPUT_META] = names
+    output.meta[OUTPUTS_KEY] = names
     return names

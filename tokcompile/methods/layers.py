@@ -1,0 +1,34 @@
+"""``--layers``: the blocks a method acts on, shared by every method that takes them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+from ..errors import TokcompileError
+
+LayersSpec = Union[str, Sequence[Any]]
+
+
+def parse_layers(value: LayersSpec, depth: int) -> tuple[int, ...]:
+    """0-based block indices, sorted: a sequence of ints (or int strings) or comma text ``"3,6,9"``.
+
+    Raises TokcompileError for a non-integer, an index outside [0, depth) or a repeated block."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    chosen = tuple(sorted({block_index(v, depth) for v in items}))
+    if len(chosen) != len(items):
+        raise TokcompileError(f"--layers must not repeat a block, got {items}")
+    return chosen
+
+
+def block_index(value: Any, depth: int) -> int:
+    """One block index in [0, depth); bools and floats are refused (1.5 is no block)."""
+    try:
+        if isinstance(value, (bool, float)):
+            raise ValueError
+        index = int(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise TokcompileError(f"--layers must be integers (0-based block indices), got '{value}'") from None
+    if not 0 <= index < depth:
+        raise TokcompileError(f"--layers: block {index} is out of range; this model has blocks 0..{depth - 1}")
+    return index
