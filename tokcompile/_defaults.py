@@ -122,3 +122,9 @@ TRT_TF32 = False
 # supported"), and NVIDIA notes that a multi-target engine including Turing may run slower on
 # Ampere and later. --target-sm 75 asks for it.
 RTX_MIN_DEFAULT_SM = 80
+
+# tokcompile profile: the grid it measures (one block, per width and batch, at each token count)
+PROFILE_WIDTHS = "192,384,768"  # heads = width / 64
+PROFILE_BATCHES = "1,16"
+PROFILE_TOKENS = "8:256:8"
+PROFILE_ITERS = 5  # timed runs per point (median)

@@ -18,17 +18,23 @@ import argparse
 
 from .. import _defaults
 from ..runtime.caveats import tagged
-from .common import int_list, non_negative_int, positive_int
+from .common import int_list, non_negative_int, positive_int, shown
 from .eval import add_weights_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle directory")
     p.add_argument(
-        "--batch", default=None, help=f"comma-separated batch sizes, each ≤ {_defaults.MAX_BATCH} (default 1,16)"
+        "--batch",
+        default=None,
+        help=shown(f"comma-separated batch sizes, each ≤ {_defaults.MAX_BATCH}", _defaults.BENCH_BATCHES),
     )
-    p.add_argument("--iters", type=positive_int, default=None, help="timed runs per model and batch (default 20)")
-    p.add_argument("--warmup", type=non_negative_int, default=None, help="untimed runs first (default 3)")
+    p.add_argument(
+        "--iters", type=positive_int, default=None, help=shown("timed runs per model and batch", _defaults.BENCH_ITERS)
+    )
+    p.add_argument(
+        "--warmup", type=non_negative_int, default=None, help=shown("untimed runs first", _defaults.BENCH_WARMUP)
+    )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--images", default=None, help="folder of images to feed (default: random inputs)")
     p.add_argument(

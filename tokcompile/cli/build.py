@@ -8,166 +8,112 @@ Example:
   tokcompile build deit_s --method adavit --weights ada_step_deit_small.pth  # official AdaViT checkpoint
   tokcompile build deit_s --method ats --backend tensorrt --plugin-lib build/libtokcompile_plugins.so
   tokcompile build deit_s --method ats --calib ../shared/imagenet-sample --backend tensorrt-rtx --target-sm 80,86
+
+Every flag is checked before the model's weights load: a mistake costs a second, not a build.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .common import model_args
+from .. import _defaults
+from .common import add_method_options, add_model_arguments, model_kwargs_of, shown
+
+# Flags that are BuildConfig.resolve keywords as they are (argparse dest = keyword).
+BUILD_KEYWORDS = (
+    "method",
+    "precision",
+    "weights",
+    "seed",
+    "output",
+    "backend",
+    "force",
+    "plugins",
+    "plugin_lib",
+    "timing_cache",
+    "max_batch",
+    "target_sm",
+    "tf32",
+    "buckets",
+    "max_buckets",
+    "calib",
+    "profile",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="alias (deit_t, deit_s, deit_b, vit_s16, vit_b16) or a timm ViT name")
-    p.add_argument(
-        "--method", default=None, help="token-reduction method (default evit; see 'tokcompile list methods')"
+    p.add_argument("--method", help=shown("token-reduction method ('tokcompile list methods')", _defaults.METHOD))
+    p.add_argument("--precision", help=shown("fp32 | fp16 | bf16", _defaults.PRECISION))
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--weights", help=shown("auto | pretrained | random | PATH (.safetensors, .pth, .pt)", _defaults.WEIGHTS)
     )
-    p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 (default fp32)")
-    p.add_argument(
-        "--weights", default=None, help="auto | pretrained | random | PATH (.safetensors/.pth/.pt); default auto"
+    model.add_argument("--seed", type=int, help=shown("seed of --weights random", _defaults.SEED))
+    add_model_arguments(model)
+    output = p.add_argument_group("output")
+    output.add_argument("-o", "--output", help="bundle directory (default ./MODEL-METHOD-PRECISION)")
+    output.add_argument("--force", action="store_true", help="replace a different bundle tokcompile wrote at -o")
+    p.set_defaults(method_params=add_method_options(p))
+    staged = p.add_argument_group("staged bundles (methods with per-image token counts)")
+    staged.add_argument("--buckets", help=shown("'auto' or token counts used at every stage, e.g. 64,128", "auto"))
+    staged.add_argument(
+        "--max-buckets", type=int, help=shown("buckets per stage with --buckets auto", _defaults.MAX_BUCKETS)
     )
-    p.add_argument("--seed", type=int, default=None, help="seed for --weights random (default 0)")
-    p.add_argument("--img-size", type=int, default=None, help="input resolution (timm img_size), e.g. 224 for DINOv2")
-    p.add_argument(
-        "--model-arg",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="extra timm.create_model argument, repeatable (e.g. qk_norm=True)",
+    staged.add_argument(
+        "--calib", help="image folder for token-count calibration (default: RANDOM inputs, flagged in the bundle)"
     )
-    p.add_argument("-o", "--output", default=None, help="bundle directory (default ./MODEL-METHOD-PRECISION)")
-    p.add_argument(
+    staged.add_argument("--profile", help=shown("hardware profile name or YAML for --buckets auto", _defaults.PROFILE))
+    backend = p.add_argument_group("backend")
+    backend.add_argument(
         "--backend",
-        default=None,
-        help="onnxruntime (default) | tensorrt (engines per stage; needs TensorRT and a GPU) | tensorrt-rtx "
-        "(TensorRT for RTX engines, built ahead of time on any machine) | auto (tensorrt when available, "
-        "else onnxruntime)",
+        help=shown(
+            "onnxruntime | tensorrt (engines per stage; needs TensorRT and a GPU) | tensorrt-rtx (TensorRT for "
+            "RTX engines, built ahead of time on any machine) | auto (tensorrt where it runs, else onnxruntime)",
+            _defaults.BACKEND,
+        ),
     )
-    p.add_argument(
+    backend.add_argument(
         "--plugins",
-        default=None,
-        help="on | off | auto (default): token ops TensorRT runs as plugins; auto uses a plugin only where "
-        "no native lowering exists (ATS), off none (function bodies only), on every op that has one",
+        help=shown(
+            "on | off | auto: token ops TensorRT runs as plugins; auto only where no native lowering exists, "
+            "off none (function bodies only), on every op that has one",
+            _defaults.PLUGINS,
+        ),
     )
-    p.add_argument("--force", action="store_true", help="replace an existing, different bundle at --output")
-    evit = p.add_argument_group("evit")
-    evit.add_argument(
-        "--keep-rate", type=float, default=None, help="fraction of tokens kept per layer, in (0, 1] (default 0.7)"
-    )
-    evit.add_argument(
-        "--layers", default=None, help="0-based blocks that reduce, e.g. 3,6,9 (default: 3,6,9 scaled to depth)"
-    )
-    evit.add_argument(
-        "--fuse", action=argparse.BooleanOptionalAction, default=None, help="fuse dropped tokens into one (default on)"
-    )
-    ats = p.add_argument_group("ats (per-image token counts: staged, bucketed bundles)")
-    ats.add_argument(
-        "--max-tokens", default=None, help="budget K per ATS block, one value or a list (default: all tokens)"
-    )
-    avit = p.add_argument_group("avit (per-token halting: staged, bucketed bundles)")
-    avit.add_argument("--gamma", type=float, default=None, help="halting gate scale γ (default per model: 10)")
-    avit.add_argument(
-        "--beta", type=float, default=None, help="halting gate center β (default per model: 30 tiny, 75 small)"
-    )
-    adavit = p.add_argument_group("adavit (per-image head, sub-layer and token skipping: staged bundles)")
-    adavit.add_argument("--token-threshold", type=float, default=None, help="keep a token when sigmoid > this (0.6)")
-    adavit.add_argument("--head-threshold", type=float, default=None, help="keep a head when sigmoid > this (0.5)")
-    adavit.add_argument("--layer-threshold", type=float, default=None, help="run a sub-layer when sigmoid > this (0.5)")
-    adavit.add_argument(
-        "--keep-layers", type=int, default=None, help="blocks before this one have no head/sub-layer gates (1)"
-    )
-    staged = p.add_argument_group("staged bundles")
-    staged.add_argument("--buckets", default=None, help="auto (default) or token counts for every stage, e.g. 64,128")
-    staged.add_argument(
-        "--max-buckets", type=int, default=None, help="buckets per stage with --buckets auto (default 4)"
-    )
-    staged.add_argument(
-        "--calib", default=None, help="image folder for token-count calibration (default: random inputs)"
-    )
-    staged.add_argument(
-        "--profile", default=None, help="hardware profile name or YAML for --buckets auto (default cpu-x86-2core)"
-    )
-    trt = p.add_argument_group("tensorrt, tensorrt-rtx")
-    trt.add_argument(
+    backend.add_argument(
         "--plugin-lib",
-        default=None,
-        help="TensorRT plugin library (default: $TOKCOMPILE_PLUGIN_LIB, else build/libtokcompile_plugins.so if built)",
+        help=f"TensorRT plugin library (default ${_defaults.PLUGIN_LIB_ENV}, else build/{_defaults.PLUGIN_LIBRARY})",
     )
-    trt.add_argument(
+    backend.add_argument(
         "--timing-cache",
-        default=None,
-        help="TensorRT timing cache, read and updated (default: one per GPU and TensorRT version "
-        "under ~/.cache/tokcompile)",
+        help=f"TensorRT timing cache, read and updated (default one per GPU and version under {_defaults.TRT_CACHE_DIR})",
     )
-    trt.add_argument("--max-batch", type=int, default=None, help="largest batch the engines take (default 64)")
-    trt.add_argument(
+    backend.add_argument("--max-batch", type=int, help=shown("largest batch the engines take", _defaults.TRT_MAX_BATCH))
+    backend.add_argument(
         "--target-sm",
-        default=None,
-        help="tensorrt-rtx: compute capabilities to build for, e.g. 80,86 (default: every one the installed "
-        "TensorRT for RTX supports from Ampere, 80, on; 75 (Turing) takes fp16 models only)",
+        help="tensorrt-rtx: compute capabilities to build for, e.g. 80,86 (default every one the installed "
+        f"TensorRT for RTX supports from {_defaults.RTX_MIN_DEFAULT_SM} on; 75 takes fp16 models only)",
     )
-    trt.add_argument(
+    backend.add_argument(
         "--tf32",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="let TensorRT run fp32 matrix products in TF32 (default off: fp32 bundles stay numerically faithful; "
-        "recorded, and used by report.md's engine commands)",
-    )
-    tome = p.add_argument_group("tome")
-    tome.add_argument(
-        "--r",
-        default=None,
-        help="tokens merged per block: 13 (every block), 13,13,8 (per block) or 16:-1 (r:inflection schedule); "
-        "default 13. --layers also applies",
-    )
-    tome.add_argument(
-        "--prop-attn",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="proportional attention, log(size) key bias (default on)",
+        help=shown(
+            "let TensorRT run fp32 matrix products in TF32 (off keeps fp32 bundles numerically faithful; "
+            "recorded, and used by the bundle's engine commands)",
+            _defaults.TRT_TF32,
+        ),
     )
 
 
 def run(args: argparse.Namespace) -> bool:
     from ..api import build
+    from ..config import BuildConfig
 
-    layers = args.layers.split(",") if args.layers is not None else None
-    model_kwargs = model_args(args.model_arg or [])
-    if args.img_size is not None:
-        model_kwargs["img_size"] = args.img_size
-    result = build(
-        args.model,
-        method=args.method,
-        precision=args.precision,
-        weights=args.weights,
-        output=args.output,
-        backend=args.backend,
-        force=args.force,
-        seed=args.seed,
-        model_kwargs=model_kwargs,
-        keep_rate=args.keep_rate,
-        layers=layers,
-        fuse=args.fuse,
-        r=args.r,
-        prop_attn=args.prop_attn,
-        max_tokens=args.max_tokens,
-        gamma=args.gamma,
-        beta=args.beta,
-        token_threshold=args.token_threshold,
-        head_threshold=args.head_threshold,
-        layer_threshold=args.layer_threshold,
-        keep_layers=args.keep_layers,
-        buckets=args.buckets,
-        max_buckets=args.max_buckets,
-        calib=args.calib,
-        profile=args.profile,
-        plugins=args.plugins,
-        plugin_lib=args.plugin_lib,
-        timing_cache=args.timing_cache,
-        max_batch=args.max_batch,
-        target_sm=args.target_sm,
-        tf32=args.tf32,
-    )
+    params = {name: getattr(args, name) for name in args.method_params if getattr(args, name) is not None}
+    keywords = {name: getattr(args, name) for name in BUILD_KEYWORDS if getattr(args, name) is not None}
+    config = BuildConfig.resolve(args.model, model_kwargs=model_kwargs_of(args), **keywords, **params)
+    result = build(config)
     m = result.manifest
     g = m.gmacs
     print(f"bundle: {result.bundle}")

@@ -1,11 +1,15 @@
-"""Argument helpers shared by commands."""
+"""Argument helpers shared by commands.
+
+Help texts never spell a default: ``shown(text, value)`` appends the value taken from
+``_defaults`` (or a method's ``Option.default``), so a default changes in one place.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import math
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import TokcompileError
 
@@ -103,3 +107,52 @@ def model_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
     return kwargs
+
+
+def shown(text: str, default: Any) -> str:
+    """``text`` with its default appended, as every help text shows it."""
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    elif isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
+    return f"{text} (default {default})"
+
+
+def add_option(group: Any, option: Any, help_text: Optional[str] = None, default: Optional[str] = None) -> None:
+    """One ``methods.options.Option`` as an argparse argument (dest = its name, default None)."""
+    kwargs: dict[str, Any] = {"dest": option.name, "default": None}
+    if option.boolean:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = option.type
+        if option.metavar:
+            kwargs["metavar"] = option.metavar
+    kwargs["help"] = shown(help_text or option.help, default if default is not None else option.default)
+    group.add_argument(option.option_string, **kwargs)
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every method's ``Option``s (``methods.METHODS[...].options``): one argument group per method;
+    a parameter several methods share (``--layers``) is one flag whose help names each method's
+    meaning and default. Returns the parameter names (argparse dests)."""
+    from ..methods import METHODS
+
+    owners: dict[str, list[tuple[str, Any]]] = {}
+    for method in METHODS.values():
+        for option in method.options:
+            owners.setdefault(option.name, []).append((method.name, option))
+    shared = {name for name, users in owners.items() if len(users) > 1}
+    if shared:
+        group = parser.add_argument_group("parameters of several methods")
+        for name in sorted(shared):
+            users = owners[name]
+            text = "; ".join(f"{m}: {o.help}" for m, o in users)
+            default = "; ".join(f"{m} {o.default}" for m, o in users)
+            add_option(group, users[0][1], text, default)
+    for method in METHODS.values():
+        unique = [o for o in method.options if o.name not in shared]
+        if unique:
+            group = parser.add_argument_group(f"--method {method.name}: {method.summary}")
+            for option in unique:
+                add_option(group, option)
+    return list(owners)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+from .. import _defaults
+
 
 def add_progress_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -57,11 +59,11 @@ def add_reference_argument(p: argparse.ArgumentParser, model: str = "dense model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .common import batch_size
+    from .common import batch_size, shown
 
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--batch", type=batch_size, default=None, help="images per batch (default 16)")
+    p.add_argument("--batch", type=batch_size, default=None, help=shown("images per batch", _defaults.EVAL_BATCH))
     p.add_argument("--limit", type=int, default=None, help="at most N images, spread evenly over the sorted files")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     add_reference_argument(p)

@@ -12,16 +12,30 @@ from __future__ import annotations
 
 import argparse
 
-from .common import int_list
+from .. import _defaults
+from .common import int_list, shown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="profile name to write (e.g. cpu-2core)")
     p.add_argument("-o", "--output", default=None, help="YAML path (default ./<target>.yaml)")
-    p.add_argument("--widths", default="192,384,768", help="model widths, heads = width/64 (default 192,384,768)")
-    p.add_argument("--batch", default="1,16", help="batch sizes (default 1,16)")
-    p.add_argument("--tokens", default="8:256:8", help="token counts START:STOP:STEP or a list (default 8:256:8)")
-    p.add_argument("--iters", type=int, default=5, help="timed runs per point (median; default 5)")
+    p.add_argument(
+        "--widths",
+        default=_defaults.PROFILE_WIDTHS,
+        help=shown("model widths, heads = width/64", _defaults.PROFILE_WIDTHS),
+    )
+    p.add_argument("--batch", default=_defaults.PROFILE_BATCHES, help=shown("batch sizes", _defaults.PROFILE_BATCHES))
+    p.add_argument(
+        "--tokens",
+        default=_defaults.PROFILE_TOKENS,
+        help=shown("token counts START:STOP:STEP or a list", _defaults.PROFILE_TOKENS),
+    )
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=_defaults.PROFILE_ITERS,
+        help=shown("timed runs per point (median)", _defaults.PROFILE_ITERS),
+    )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace an existing profile file at -o")
 

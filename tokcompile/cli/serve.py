@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 
+from .. import _defaults
+from .common import shown
+
 
 def add_batching_arguments(p: argparse.ArgumentParser) -> None:
     """The entry model's settings, shared with export-triton."""
@@ -28,26 +31,48 @@ def add_batching_arguments(p: argparse.ArgumentParser) -> None:
         dest="max_batch",
         type=int,
         default=None,
-        help="largest batch (images) of one run and of one request (default 16; TensorRT: ≤ the engines' profiles)",
+        help=shown(
+            "largest batch (images) of one run and of one request; TensorRT: ≤ the engines' profiles",
+            _defaults.TRITON_MAX_BATCH,
+        ),
     )
     p.add_argument(
         "--max-queue-delay-us",
         type=int,
         default=None,
-        help="how long the dynamic batcher waits to fill a batch, in µs (default 1000)",
+        help=shown("how long the dynamic batcher waits to fill a batch, in µs", _defaults.TRITON_MAX_QUEUE_DELAY_US),
     )
-    p.add_argument("--instances", type=int, default=None, help="model instances, one process each (default 1)")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help=shown("model instances, one process each", _defaults.TRITON_INSTANCES),
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="BUNDLE", help="bundle directory (or a repository from export-triton)")
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
-    p.add_argument("--http-port", "--port", dest="http_port", type=int, default=None, help="HTTP port (default 8000)")
-    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (default 8002)")
+    p.add_argument(
+        "--host", default=None, help=shown("address to listen on (0.0.0.0: every interface)", _defaults.SERVE_HOST)
+    )
+    p.add_argument(
+        "--http-port",
+        "--port",
+        dest="http_port",
+        type=int,
+        default=None,
+        help=shown("HTTP port", _defaults.SERVE_HTTP_PORT),
+    )
+    p.add_argument("--grpc-port", type=int, default=None, help=shown("gRPC port", _defaults.SERVE_GRPC_PORT))
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help=shown("Prometheus metrics port", _defaults.SERVE_METRICS_PORT)
+    )
     add_batching_arguments(p)
     p.add_argument(
-        "--ready-timeout", type=float, default=None, help="seconds to wait for the server to load (default 300)"
+        "--ready-timeout",
+        type=float,
+        default=None,
+        help=shown("seconds to wait for the server to load", _defaults.SERVE_READY_TIMEOUT_S),
     )
 
 

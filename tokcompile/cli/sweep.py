@@ -15,6 +15,7 @@ hold commas or colons themselves (ToMe per-block lists or schedules: --r "16:-1;
 Example:
   tokcompile sweep deit_s --method evit --keep-rate 0.5:0.9:0.1 --images ../shared/imagenet-sample
   tokcompile sweep deit_s --method tome --r 4:16:4 --images ../shared/imagenet-sample --limit 100
+  tokcompile sweep deit_s --method avit --param beta=3:9:3 --images ../shared/imagenet-sample
   tokcompile sweep vit_small_patch14_dinov2 --img-size 224 --keep-rate 0.7 --resolutions 168,182
 """
 
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_arguments, model_kwargs_of
+from .. import _defaults
+from .common import add_model_arguments, model_kwargs_of, shown
 from .eval import add_progress_argument, progress_of
 
 
@@ -32,11 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     values = p.add_mutually_exclusive_group(required=True)
     values.add_argument("--keep-rate", default=None, help="EViT keep rates: 0.5:0.9:0.1 or 0.5,0.7 (in (0, 1])")
     values.add_argument("--r", default=None, help="ToMe merges per block: 4:16:4 or 4,8")
+    values.add_argument(
+        "--param",
+        default=None,
+        metavar="NAME=VALUES",
+        help="any numeric parameter of the method ('tokcompile build --help'), e.g. beta=3:9:3 or head_threshold=0.4,0.5",
+    )
     p.add_argument("--images", default=None, help="folder of images (default: random inputs, with a warning)")
     p.add_argument("-o", "--out", default=None, help="output directory (default ./sweep-MODEL-METHOD)")
     p.add_argument("--weights", default=None, help="auto | pretrained | random | PATH, for every point (default auto)")
     p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 (default fp32)")
-    p.add_argument("--batch", type=int, default=None, help="images per batch (default 16)")
+    p.add_argument("--batch", type=int, default=None, help=shown("images per batch", _defaults.EVAL_BATCH))
     p.add_argument("--limit", type=int, default=None, help="at most N images per point (random inputs: N images)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument(
@@ -55,14 +63,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_argument(p)
 
 
+def method_param(method: str | None, text: str) -> tuple[str, list]:
+    """``--param NAME=VALUES`` → (NAME, values), NAME a numeric option the method declares."""
+    from ..errors import TokcompileError
+    from ..methods import get_method
+    from ..verify.sweep import parse_values
+
+    m = get_method(method or _defaults.METHOD)
+    name, sep, spec = text.partition("=")
+    options = {o.name: o for o in m.options if not o.boolean and o.type in (int, float)}
+    if not sep or name.strip() not in options:
+        known = ", ".join(options) or "none"
+        raise TokcompileError(
+            f"--param must be NAME=VALUES with a numeric parameter of '{m.name}' ({known}), got '{text}'"
+        )
+    kind = "int" if options[name.strip()].type is int else "number"
+    return name.strip(), parse_values(spec, f"--param {name.strip()}", kind)
+
+
 def run(args: argparse.Namespace) -> bool:
     from ..api import build
     from ..verify.sweep import parse_values, sweep
 
     if args.keep_rate is not None:
         param, values = "keep_rate", parse_values(args.keep_rate, "--keep-rate", "rate")
-    else:
+    elif args.r is not None:
         param, values = "r", parse_values(args.r, "--r", "int")
+    else:
+        param, values = method_param(args.method, args.param)
     result = sweep(
         build,
         args.model,

@@ -104,9 +104,7 @@ def describe(manifest: Manifest, backend: str) -> str:
     """One line naming the bundle, the backend that runs it and its stage buckets."""
     stages = manifest.stages
     buckets = "; ".join(
-        f"after stage {s.index}: {','.join(map(str, s.buckets))}"
-        for s in stages[:-1]
-        if s.count and s.buckets
+        f"after stage {s.index}: {','.join(map(str, s.buckets))}" for s in stages[:-1] if s.count and s.buckets
     )
     return (
         f"{manifest.model.name} · {manifest.method.name} · {manifest.precision}, backend {backend}, "

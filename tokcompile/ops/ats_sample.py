@@ -85,6 +85,8 @@ Tie-breaking and degenerate cases (tokcompile's definitions):
 
 from __future__ import annotations
 
+import typing
+
 import onnxscript
 import torch
 from onnxscript import FLOAT, INT32
@@ -319,6 +321,7 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
     if opset_version != 18:
         raise TokcompileError(f"AtsSample's ONNX body is written for opset 18, not {opset_version}")
 
+    @typing.no_type_check  # onnxscript's DSL: op signatures mypy cannot type (traced, not run)
     @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
     def AtsSample(attn: FLOAT, v, valid_mask: INT32, num_samples: int):
         valid = op.Cast(valid_mask, to=9)  # BOOL

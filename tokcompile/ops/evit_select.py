@@ -18,6 +18,7 @@ Scoring and the fused sum run in float32 whatever the token dtype.
 from __future__ import annotations
 
 import math
+import typing
 
 import onnxscript
 import torch
@@ -100,6 +101,7 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
     if opset_version != 18:
         raise TokcompileError(f"EvitSelect's ONNX body is written for opset 18, not {opset_version}")
 
+    @typing.no_type_check  # onnxscript's DSL: op signatures mypy cannot type (traced, not run)
     @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
     def EvitSelect(x, attn: FLOAT, k: int, num_prefix: int, fuse: int):
         axis1 = op.Constant(value_ints=[1])

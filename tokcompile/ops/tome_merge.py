@@ -43,6 +43,8 @@ When r' = 0 the op is the identity (dest = 0..N-1), as the official ``do_nothing
 
 from __future__ import annotations
 
+import typing
+
 import onnx
 import onnxscript
 import torch
@@ -161,6 +163,7 @@ def onnx_function(opset_version: int) -> onnxscript.values.OnnxFunction:
     if opset_version != 18:
         raise TokcompileError(f"TomeMerge's ONNX body is written for opset 18, not {opset_version}")
 
+    @typing.no_type_check  # onnxscript's DSL: op signatures mypy cannot type (traced, not run)
     @onnxscript.script(onnxscript.values.Opset(ONNX_DOMAIN, 1), default_opset=op)
     def TomeMerge(x, metric: FLOAT, size: FLOAT, r: int, num_prefix: int):
         axis_last = op.Constant(value_ints=[-1])

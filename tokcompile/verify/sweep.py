@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,19 +56,20 @@ def parse_values(text: str, flag: str, kind: str) -> list[Any]:
 
     kind ``"rate"``: floats in (0, 1] (``--keep-rate``); ranges are computed in decimal, so
     0.5:0.9:0.1 gives exactly [0.5, 0.6, 0.7, 0.8, 0.9] (no 0.6000000000000001).
+    kind ``"number"``: any finite floats (``--param beta=3:9:3``), ranges computed in decimal.
     kind ``"int"``: ``--r``; a range must be integers and gives strings ("4", "8", ...); list
     items are passed on verbatim as strings, and ``;`` separates items that themselves hold
     commas or colons (a ToMe per-block list or schedule: ``"16:-1;8:-1"``).
     Raises TokcompileError (one line) for anything else; nothing has been built yet then.
     """
     s = text.strip()
-    if kind not in ("rate", "int"):
-        raise ValueError(f"kind must be 'rate' or 'int', got {kind!r}")
+    if kind not in ("rate", "int", "number"):
+        raise ValueError(f"kind must be 'rate', 'int' or 'number', got {kind!r}")
     if ";" in s:
         items = [v.strip() for v in s.split(";") if v.strip()]
     elif s.count(":") == 2:
         items = _expand_range(s, flag, kind)
-    elif ":" in s and kind == "rate":
+    elif ":" in s and kind in ("rate", "number"):
         raise TokcompileError(f"{flag} range must be start:stop:step, got '{text}'")
     else:
         items = [v.strip() for v in s.split(",") if v.strip()]
@@ -75,7 +77,7 @@ def parse_values(text: str, flag: str, kind: str) -> list[Any]:
         raise TokcompileError(f"{flag} names no values, got '{text}'")
     values: list[Any] = []
     for item in items:
-        value: Any = _rate(item, flag, text) if kind == "rate" else item
+        value: Any = _rate(item, flag, text, kind == "rate") if kind != "int" else item
         if value not in values:
             values.append(value)
     if len(values) > MAX_POINTS:
@@ -106,14 +108,17 @@ def _expand_range(s: str, flag: str, kind: str) -> list[str]:
     return [str(v.normalize()) for v in values]
 
 
-def _rate(item: str, flag: str, text: str) -> float:
+def _rate(item: str, flag: str, text: str, unit: bool = True) -> float:
+    """One value: a finite float, in (0, 1] when ``unit`` (a rate)."""
     try:
         value = float(item)
     except ValueError:
         raise TokcompileError(
             f"{flag} must be start:stop:step or a comma list of numbers (0.5:0.9:0.1, 0.5,0.7), got '{text}'"
         ) from None
-    if not 0.0 < value <= 1.0:
+    if not math.isfinite(value):
+        raise TokcompileError(f"{flag} values must be finite numbers, got {item}")
+    if unit and not 0.0 < value <= 1.0:
         raise TokcompileError(f"{flag} values must be in (0, 1], got {item}")
     return round(value, 12)
 
@@ -244,25 +249,6 @@ def _size(size: Optional[Sequence[int]]) -> str:
     return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
 
 
-def _spec_for_validation(model: str, model_kwargs: Optional[dict[str, Any]] = None) -> Any:
-    """The model's ModelSpec without weights: the module is built on the meta device (no memory, ~0.2 s)."""
-    import timm
-    import torch
-
-    from ..models import resolve_model_name, spec_of
-
-    timm_name = resolve_model_name(model)
-    try:
-        with torch.device("meta"):
-            module = timm.create_model(timm_name, pretrained=False, **(model_kwargs or {}))
-    except (TypeError, ValueError, AssertionError) as exc:
-        raise TokcompileError(
-            f"timm model '{timm_name}' does not accept model arguments {model_kwargs} ({exc}); "
-            "check --model-arg/--img-size"
-        ) from None
-    return spec_of(module, timm_name)
-
-
 def validate(
     model: str,
     method: str,
@@ -273,6 +259,7 @@ def validate(
 ) -> Any:
     """Every point's config through the method's own checks, before any build starts; returns the spec."""
     from ..methods import get_method, resolve_config
+    from ..models import model_spec
     from ..precision import check_precision
 
     m = get_method(method)
@@ -280,7 +267,7 @@ def validate(
         raise TokcompileError(f"method '{method}' reduces no tokens; sweep a token-reduction method (evit, ...)")
     if precision is not None:
         check_precision(precision)
-    spec = _spec_for_validation(model, model_kwargs)
+    spec = model_spec(model, **(model_kwargs or {}))
     for value in values:
         resolve_config(m, spec, {param: value})
     return spec
