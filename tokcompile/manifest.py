@@ -228,9 +228,9 @@ class Manifest:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.model.input_shape)
 
-    def run_files(self) -> list[tuple[str, str]]:
+    def run_files(self) -> list[tuple[str, Any]]:
         """(field, file) of every file the bundle runs: stage files, twins, engines, plugin library."""
-        named = []
+        named: list[tuple[str, Any]] = []
         for s in self.stages:
             where = f"stages[{s.index}]"
             named += [(f"{where}.file", s.file), (f"{where}.onnxruntime_file", s.onnxruntime_file)]
@@ -321,7 +321,7 @@ def _convert(kind: Any, value: Any, field_name: str, where: str) -> Any:
             except ManifestError as exc:
                 errors.append(exc)
         raise errors[0]
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise _bad(where, f"'{label}' must be an object, got {type(value).__name__}")
         hints = _hints(kind)

@@ -185,7 +185,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(final: Path) -> list[Path]:
     """Remove temporaries of ``final`` left by processes that no longer run (SIGKILL, power loss)."""
-    removed = []
+    removed: list[Path] = []
     prefix = f"{TMP_PREFIX}{final.name}-"
     if not final.parent.is_dir():
         return removed

@@ -109,8 +109,8 @@ class OnnxRuntime(BackendBase):
         try:
             calls = [load(Path(directory) / s.onnxruntime_file, threads).session.run for s in manifest.stages]
         except Exception as exc:  # ONNX Runtime's own types: InvalidProtobuf, Fail, ...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise TokcompileError(
-                f"bundle '{directory}': ONNX Runtime cannot load its ONNX files ({first}); rebuild the bundle"
+                f"bundle '{directory}': ONNX Runtime cannot load its ONNX files ({line}); rebuild the bundle"
             ) from None
         return Loaded(calls, first.onnxruntime_file, first.onnxruntime_precision)

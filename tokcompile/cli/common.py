@@ -89,7 +89,7 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--img-size and --model-arg: what ``timm.create_model`` gets besides the name (``model_kwargs_of``)."""
     p.add_argument("--img-size", type=int, default=None, help="input resolution (timm img_size), e.g. 224 for DINOv2")
     p.add_argument(

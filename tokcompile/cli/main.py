@@ -58,7 +58,7 @@ class Parser(argparse.ArgumentParser):
 
 def make_parser() -> Parser:
     # -v/-q work before or after the command; SUPPRESS keeps a sub-parser from resetting them.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "-v",
         "--verbose",
@@ -76,7 +76,7 @@ def make_parser() -> Parser:
     for name, module in COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=module.__doc__.splitlines()[0],
+            help=(module.__doc__ or name).splitlines()[0],
             description=module.__doc__,
             parents=[common],
             formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -33,14 +33,14 @@ def tolerance(precision: str) -> float:
 
 
 def http_client(url: str, timeout_s: float = 60.0) -> Any:
-    import tritonclient.http as http  # type: ignore[import-untyped]
+    import tritonclient.http as http
 
     return http.InferenceServerClient(url=url, connection_timeout=timeout_s, network_timeout=timeout_s)
 
 
 def infer(client: Any, model: str, images: np.ndarray, datatype: str = "FP32") -> dict[str, np.ndarray]:
     """One request of ``images`` (any shape and dtype: faults send wrong ones) → the outputs."""
-    import tritonclient.http as http  # type: ignore[import-untyped]
+    import tritonclient.http as http
 
     tensor = http.InferInput(INPUT, list(images.shape), datatype)
     tensor.set_data_from_numpy(images)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from ..backends import get_backend
 from ..errors import TokcompileError
+from ..manifest import Manifest
 from ..runtime.bundle import MANIFEST, read_manifest
 from .triton import BUNDLE_DIR, MARKER, VERSION, batching, model_name, read_repository, write_entry_model
 from .triton_model import describe
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def _prepare(
     target: Path, workdir: Path, name: Optional[str], settings: dict[str, Optional[int]]
-) -> tuple[Path, str, dict[str, Any]]:
+) -> tuple[Path, str, Manifest]:
     """(repository, model name, manifest) to serve ``target``: a bundle or an exported repository."""
     if (target / MARKER).is_file():
         record = read_repository(target)
@@ -41,7 +42,7 @@ def _prepare(
                 f"the repository's config.pbtxt sets {', '.join(given)}; to change them, export it again "
                 "('tokcompile export-triton BUNDLE REPO --force ...')"
             )
-        model = record["model"]
+        model = str(record["model"])
         manifest = read_manifest(target / model / VERSION / BUNDLE_DIR)
         return target, model, manifest
     manifest = read_manifest(target)  # a one-line error names a missing or corrupt bundle

@@ -23,7 +23,7 @@ MARKER = "tokcompile-repository.json"  # beside this file in an exported reposit
 
 def infer(client: Any, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
     """One request: ``images`` float32 [B, 3, H, W] → every output (logits, features) [B, ...]."""
-    import tritonclient.http as http  # type: ignore[import-untyped]
+    import tritonclient.http as http
 
     tensor = http.InferInput("images", list(images.shape), "FP32")
     tensor.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.float32))
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=0, help="send this many random images instead of a file")
     args = parser.parse_args()
     try:
-        import tritonclient.http as http  # type: ignore[import-untyped]
+        import tritonclient.http as http
     except ImportError as exc:
         raise SystemExit(f"client.py needs tritonclient: pip install 'tritonclient[http]' ({exc})") from None
     if not args.model:

@@ -139,7 +139,7 @@ class TritonPythonModel:
     """Triton's Python-backend interface: ``initialize``, ``execute``, ``finalize``."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]  # inside Triton only
+        import triton_python_backend_utils as pb_utils  # inside Triton only
 
         from ..runtime.runner import load
 

@@ -79,7 +79,8 @@ def _attach_functions(model: onnx.ModelProto, opset: int) -> list[str]:
     present = {f.name for f in model.functions if f.domain == ONNX_DOMAIN}
     for name in used:
         if name not in present:
-            model.functions.append(scoped_function(by_name[name].onnx_function(opset).to_function_proto()))
+            body: Any = by_name[name].onnx_function(opset)  # an onnxscript OnnxFunction
+            model.functions.append(scoped_function(body.to_function_proto()))
     if used and not any(o.domain == ONNX_DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(ONNX_DOMAIN, 1))
     return used
@@ -164,6 +165,8 @@ def onnx_from_graph_module(
             )
         except Exception as exc:
             raise RuntimeError(f"torch.onnx.export failed: {exc}") from exc
+    if program is None:  # dynamo=True always returns a program; None only from the legacy exporter
+        raise RuntimeError("torch.onnx.export returned no program")
     model = program.model_proto
     custom = _attach_functions(model, opset)
     model = _cleanup(fold_static_shapes(model))

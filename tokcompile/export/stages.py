@@ -43,7 +43,11 @@ def cut_stages(gm: fx.GraphModule) -> tuple[list[Stage], dict[str, str]]:
     nodes = [n for n in gm.graph.nodes if n.op != "output"]
     count = 1 + max((n.meta.get(STAGE_KEY, 0) for n in nodes), default=0)
     out = output_node(gm)
-    final_values = list(out.args[0]) if isinstance(out.args[0], (tuple, list)) else [out.args[0]]
+    final_values: list[fx.Node] = []
+    for value in out.args[0] if isinstance(out.args[0], (tuple, list)) else [out.args[0]]:
+        if not isinstance(value, fx.Node):
+            raise RuntimeError(f"model output {value!r} is not a graph value")
+        final_values.append(value)
     final = dict(zip(named_outputs(gm), (v.name for v in final_values)))
     needed_later: dict[fx.Node, int] = {}  # value → last stage that reads it (count = model output)
     for n in nodes:

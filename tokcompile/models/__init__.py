@@ -69,6 +69,13 @@ class ModelSpec:
         return (3, *self.img_size)
 
 
+def _num_heads(model: torch.nn.Module) -> int:
+    """The attention heads of the first block (0 when no module names them)."""
+    blocks: Any = model.blocks
+    heads: Any = next((m.num_heads for m in blocks[0].modules() if hasattr(m, "num_heads")), 0)
+    return int(heads)
+
+
 def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -91,7 +98,7 @@ def spec_of(model: torch.nn.Module, name: str) -> ModelSpec:
         name=name,
         depth=len(model.blocks),
         embed_dim=model.embed_dim,
-        num_heads=next((m.num_heads for m in model.blocks[0].modules() if hasattr(m, "num_heads")), 0),
+        num_heads=_num_heads(model),
         num_prefix_tokens=model.num_prefix_tokens,
         has_class_token=model.cls_token is not None,
         global_pool=model.global_pool,
@@ -220,7 +227,7 @@ def create_model(
                 f"downloading pretrained weights for '{timm_name}' failed ({type(exc).__name__}); "
                 "use --weights random or --weights PATH"
             ) from None
-        record = {"source": "pretrained", "tag": model.pretrained_cfg.get("tag")}
+        record = {"source": "pretrained", "tag": dict(getattr(model, "pretrained_cfg", {})).get("tag")}
     elif weights == "random":
         model = _timm_model(timm_name, False, timm_kwargs)
         record = {"source": "random", "seed": seed}

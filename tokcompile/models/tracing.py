@@ -43,7 +43,7 @@ def capture(model: torch.nn.Module) -> fx.GraphModule:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             # Passes read q and k at the scaled_dot_product_attention call (DESIGN.md §3).
-            m.fused_attn = True
+            setattr(m, "fused_attn", True)  # noqa: B010 (a timm flag nn.Module's typing does not know)
     tracer = _ViTTracer()
     try:
         graph = tracer.trace(model, concrete_args={"attn_mask": None, "is_causal": False})

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Optional
+from typing import Any, Optional
 
 from .. import _defaults
 from ..errors import TokcompileError
@@ -68,7 +68,7 @@ def plugin_lowering(mode: Optional[str]) -> Iterator[str]:
         _mode.reset(token)
 
 
-def plugin_attributes(has_plugin: bool, native: bool) -> dict[str, str]:
+def plugin_attributes(has_plugin: bool, native: bool) -> dict[str, Any]:
     """The attributes an op's ``onnx_symbolic`` adds to its node under the current mode.
 
     on: every op with a plugin; off: none; auto: ops with a plugin and no exact native lowering

@@ -27,6 +27,8 @@ def _tokens(node: fx.Node) -> int:
     meta = node.meta.get("tensor_meta")
     if isinstance(meta, (tuple, list)):
         meta = meta[0]
+    if meta is None:
+        raise RuntimeError(f"node {node.name} has no shape (run ShapeProp before annotate_tokens)")
     return int(meta.shape[1])
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..precision import check_precision
 from .graph_outputs import named_outputs
-from .manager import PassContext, PassResult
+from .manager import PassContext, PassResult, redirect_uses
 from .names import FLOAT_OUTPUTS, PRECISION_KEY
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _is_float32_island(gm: fx.GraphModule, node: fx.Node, dtype: torch.dtype) ->
     if node.op == "call_function":
         return node.target is F.layer_norm
     if node.op == "call_module":
-        module = gm.get_submodule(node.target)
+        module = gm.get_submodule(str(node.target))
         return isinstance(module, torch.nn.LayerNorm) or (
             dtype is torch.bfloat16 and isinstance(module, torch.nn.Conv2d)
         )
@@ -51,11 +51,11 @@ def _is_float32_island(gm: fx.GraphModule, node: fx.Node, dtype: torch.dtype) ->
 def _keep_float32(gm: fx.GraphModule, node: fx.Node) -> None:
     """Return an island's parameters to float32 (module or get_attr operands)."""
     if node.op == "call_module":
-        gm.get_submodule(node.target).float()
+        gm.get_submodule(str(node.target)).float()
         return
     for arg in (*node.args, *node.kwargs.values()):
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
-            owner, _, name = arg.target.rpartition(".")
+            owner, _, name = str(arg.target).rpartition(".")
             module = gm.get_submodule(owner) if owner else gm
             tensor = getattr(module, name)
             tensor.data = tensor.data.float()
@@ -79,14 +79,14 @@ def cast_precision(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if node.op == "placeholder":
             with graph.inserting_after(node):
                 cast = graph.call_method("to", (node, dtype))
-            node.replace_all_uses_with(cast, delete_user_cb=lambda u, c=cast: u is not c)
+            redirect_uses(node, cast, keep=(cast,))
         elif _is_float32_island(gm, node, dtype):
             with graph.inserting_before(node):
                 up = graph.call_method("float", (node.args[0],))
             node.args = (up, *node.args[1:])
             with graph.inserting_after(node):
                 down = graph.call_method("to", (node, dtype))
-            node.replace_all_uses_with(down, delete_user_cb=lambda u, d=down: u is not d)
+            redirect_uses(node, down, keep=(down,))
             islands += 1
         elif node.op == "output":
             values = node.args[0] if isinstance(node.args[0], tuple) else (node.args[0],)

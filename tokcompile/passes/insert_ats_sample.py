@@ -33,7 +33,7 @@ from ..ops.ats_sample import ats_sample
 from ..ops.padded_tokens import all_valid, gather_tokens, valid_prefix
 from ..ops.token_ids import initial_ids, sampled_ids
 from .graph_outputs import append_outputs
-from .manager import PassContext, PassResult
+from .manager import PassContext, PassResult, redirect_uses
 from .names import BOUNDARY_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY, count_name, kept_ids_name
 from .tokens import mask_padded_keys, token_op_nodes
 
@@ -66,9 +66,7 @@ def insert_ats_sample(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             tokens = graph.call_function(gather_tokens, (x, rows))
             valid = graph.call_function(valid_prefix, (rows, count))
             ids = graph.call_function(sampled_ids, (ids, rows, valid))
-        x.replace_all_uses_with(
-            tokens, delete_user_cb=lambda u, t=tokens: u is not t and u.target not in (all_valid, initial_ids)
-        )
+        redirect_uses(x, tokens, keep=(tokens,), keep_targets=(all_valid, initial_ids))
         op.meta[TOKEN_OP_KEY] = block.index
         for node in (tokens, valid, ids):
             node.meta[TOKEN_DIM_KEY] = 1

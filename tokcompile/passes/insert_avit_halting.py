@@ -30,7 +30,7 @@ from ..ops.compact_tokens import compact_tokens
 from ..ops.padded_tokens import all_valid, gather_tokens, valid_prefix
 from ..ops.token_ids import initial_ids, sampled_ids
 from .graph_outputs import append_outputs
-from .manager import PassContext, PassResult
+from .manager import PassContext, PassResult, redirect_uses
 from .names import BOUNDARY_KEY, TOKEN_DIM_KEY, TOKEN_OP_KEY, count_name, kept_ids_name
 from .tokens import mask_padded_keys, token_op_nodes
 
@@ -75,14 +75,12 @@ def insert_avit_halting(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
                 valid = graph.call_function(valid_prefix, (rows, count))
                 ids = graph.call_function(sampled_ids, (ids, rows, valid))
         if last:
-            y.replace_all_uses_with(final, delete_user_cb=lambda u, keep_=(step, final): u not in keep_)
+            redirect_uses(y, final, keep=(step, final))
             break
-        users_to_keep = {step, tokens, init} if block.index == 0 else {step, tokens}
-        y.replace_all_uses_with(
-            tokens,
-            delete_user_cb=lambda u, k=users_to_keep: u not in k and u.target not in (all_valid, initial_ids),
-        )
+        kept = (step, tokens, init) if block.index == 0 else (step, tokens)
+        redirect_uses(y, tokens, keep=kept, keep_targets=(all_valid, initial_ids))
         op.meta[TOKEN_OP_KEY] = block.index
+        assert valid is not None  # set with the halting state of the first block
         for node in (tokens, c, valid, ids):
             node.meta[TOKEN_DIM_KEY] = 1
         for node in (op, rows, count, tokens, c, valid, ids, step, *parts):

@@ -22,7 +22,7 @@ from ..errors import TokcompileError
 from ..models.tracing import find_blocks
 from ..ops.evit_select import evit_select
 from .capture_cls_attention import cls_attention_nodes
-from .manager import PassContext, PassResult
+from .manager import PassContext, PassResult, redirect_uses
 from .names import TOKEN_OP_KEY
 from .tokens import token_op_nodes
 
@@ -51,7 +51,7 @@ def insert_evit_select(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             tokens = graph.call_function(operator.getitem, (sel, 0))
         with graph.inserting_after(tokens):
             graph.call_function(operator.getitem, (sel, 1))
-        x.replace_all_uses_with(tokens, delete_user_cb=lambda user, sel=sel: user is not sel)
+        redirect_uses(x, tokens, keep=(sel,))
         sel.meta[TOKEN_OP_KEY] = block.index
         sel.meta["nn_module_stack"] = dict(x.meta.get("nn_module_stack", {}))
         inserted.append(block.index)

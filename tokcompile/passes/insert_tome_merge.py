@@ -27,7 +27,7 @@ import torch.fx as fx
 from ..models.tracing import find_blocks
 from ..ops.tome_merge import tome_merge
 from ..ops.tome_metric import token_sizes, tome_metric
-from .manager import PassContext, PassResult
+from .manager import PassContext, PassResult, redirect_uses
 from .names import TOKEN_OP_KEY, TOME_SIZES_KEY
 from .tokens import token_op_nodes
 
@@ -85,7 +85,7 @@ def insert_tome_merge(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             sizes = graph.call_function(operator.getitem, (merge, 1))
         with graph.inserting_after(sizes):
             graph.call_function(operator.getitem, (merge, 2))
-        x.replace_all_uses_with(tokens, delete_user_cb=lambda user, m=merge: user is not m)
+        redirect_uses(x, tokens, keep=(merge,))
         merge.meta[TOKEN_OP_KEY] = block.index
         metric.meta["nn_module_stack"] = dict(block.sdpa.meta.get("nn_module_stack", {}))
         merge.meta["nn_module_stack"] = dict(x.meta.get("nn_module_stack", {}))

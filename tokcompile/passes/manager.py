@@ -8,7 +8,7 @@ names the failing pass (and the ones before it) when one raises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -48,6 +48,19 @@ class PassResult:
 
 
 Pass = Callable[[fx.GraphModule, PassContext], PassResult]
+
+
+def redirect_uses(
+    old: fx.Node, new: fx.Node, keep: Iterable[fx.Node] = (), keep_targets: Iterable[object] = ()
+) -> None:
+    """Make the users of ``old`` read ``new``, except the nodes in ``keep`` (those that compute
+    ``new`` from ``old``) and calls of ``keep_targets``."""
+    kept, targets = set(keep), tuple(keep_targets)
+
+    def redirect(user: fx.Node) -> bool:
+        return user not in kept and user.target not in targets
+
+    old.replace_all_uses_with(new, delete_user_cb=redirect)
 
 
 class PassError(Exception):

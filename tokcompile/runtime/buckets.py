@@ -22,12 +22,14 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 
 from ..errors import TokcompileError
 
 Curve = Callable[[int], float]
+Counts = Union[Sequence[int], np.ndarray]  # per-image token counts
 
 
 def validate_buckets(buckets: Sequence[int], max_tokens: int, what: str = "--buckets") -> tuple[int, ...]:
@@ -55,17 +57,17 @@ def pick_bucket(count: int, buckets: Sequence[int]) -> int:
     return int(buckets[i]) if i < len(buckets) else int(count)
 
 
-def expected_latency(buckets: Sequence[int], counts: Sequence[int], latency: Curve, batch: int = 1) -> float:
+def expected_latency(buckets: Sequence[int], counts: Counts, latency: Curve, batch: int = 1) -> float:
     """E[latency(bucket(max of `batch` counts))] under the empirical distribution of ``counts``."""
-    counts = np.sort(np.asarray(counts))
+    ordered = np.sort(np.asarray(counts))
     total, prev = 0.0, 0.0
     for b in sorted(buckets):
-        cdf = float(np.searchsorted(counts, b, side="right")) / len(counts)
+        cdf = float(np.searchsorted(ordered, b, side="right")) / len(ordered)
         p = cdf**batch
         total += latency(int(b)) * (p - prev)
         prev = p
     if prev < 1.0:  # counts above the largest bucket run unbucketed at their own size (max)
-        total += latency(int(counts[-1])) * (1.0 - prev)
+        total += latency(int(ordered[-1])) * (1.0 - prev)
     return total
 
 
@@ -83,7 +85,7 @@ class BucketChoice:
 
 
 def choose_buckets(
-    counts: Sequence[int], max_tokens: int, latency: Curve, max_buckets: int = 4, batch: int = 1
+    counts: Counts, max_tokens: int, latency: Curve, max_buckets: int = 4, batch: int = 1
 ) -> BucketChoice:
     """At most ``max_buckets`` buckets (the last is ``max_tokens``) minimising expected latency."""
     if max_buckets < 1:
@@ -105,7 +107,7 @@ def choose_buckets(
             fastest_above = min(fastest_above, latency(c))
     cands = sorted(kept)
     n = len(cands)
-    p = [(np.searchsorted(counts_arr, c, side="right") / len(counts_arr)) ** batch for c in cands]
+    p = [float(np.searchsorted(counts_arr, c, side="right") / len(counts_arr)) ** batch for c in cands]
     lat = [latency(c) for c in cands]
 
     def segment(i: int, j: int) -> float:  # bucket cands[j] serves counts in (cands[i], cands[j]]
@@ -137,7 +139,7 @@ def even_buckets(max_tokens: int, k: int, low: int = 1) -> tuple[int, ...]:
     return tuple(sorted({int(round(low + (max_tokens - low) * (i + 1) / k)) for i in range(k)}))
 
 
-def split_by_count(counts: Sequence[int], buckets: Sequence[int], overhead: float) -> list[np.ndarray]:
+def split_by_count(counts: Counts, buckets: Sequence[int], overhead: float) -> list[np.ndarray]:
     """Split a batch at a boundary into sub-batches of similar counts, each run on its own bucket.
 
     One slow image would otherwise set the bucket of the whole batch (A-ViT's heavy-tailed halting

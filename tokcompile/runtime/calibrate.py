@@ -12,6 +12,7 @@ token counts (staged eager run, no padding) and averaged over every calibration 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -69,7 +70,7 @@ def _calibration_images(spec: Any, calib: Optional[str | Path], limit: int) -> t
     return np.concatenate(batches), record
 
 
-def parse_buckets(value: Optional[str | list[int]]) -> Optional[list[int]]:
+def parse_buckets(value: Optional[str | Sequence[int]]) -> Optional[list[int]]:
     """'auto'/None → None (choose); '64,128' or [64, 128] → list."""
     if value is None or value == "auto":
         return None
@@ -95,7 +96,7 @@ class StagingConfig:
 def check_staging(
     spec: Any,
     calib: Optional[str | Path],
-    buckets: Optional[str | list[int]],
+    buckets: Optional[str | Sequence[int]],
     max_buckets: Optional[int],
     profile_name: Optional[str],
 ) -> StagingConfig:
@@ -134,7 +135,7 @@ def load_calibration(spec: Any, staging: StagingConfig) -> CalibrationPlan:
 def plan_calibration(
     spec: Any,
     calib: Optional[str | Path],
-    buckets: Optional[str | list[int]],
+    buckets: Optional[str | Sequence[int]],
     max_buckets: Optional[int],
     profile_name: Optional[str],
 ) -> CalibrationPlan:
@@ -177,6 +178,7 @@ def calibrate(
         if explicit is not None:
             chosen = list(explicit)
         else:
+            assert latency is not None  # auto buckets come with a profile (check_staging)
             chosen = list(
                 choose_buckets(counts, spec.num_tokens, latency, plan.max_buckets, _defaults.BUCKET_BATCH).buckets
             )

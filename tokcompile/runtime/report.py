@@ -34,9 +34,9 @@ def token_table(manifest: Manifest) -> list[str]:
             rows.append(f"| {b.stage} | {b.output} | {b.mean} | {b.min} | {b.max} | {b.buckets} |")
         return rows
     rows = ["| block | attention tokens | MLP tokens |", "|---|---|---|"]
-    for b in tokens.blocks:
-        mark = " ←" if b.mlp != b.attention else ""
-        rows.append(f"| {b.block} | {b.attention} | {b.mlp}{mark} |")
+    for block in tokens.blocks:
+        mark = " ←" if block.mlp != block.attention else ""
+        rows.append(f"| {block.block} | {block.attention} | {block.mlp}{mark} |")
     return rows
 
 

@@ -56,13 +56,20 @@ class DimCut:
 class LoopStage(Protocol):
     """What the stage loop reads of a stage (``manifest.StageEntry`` has all of it)."""
 
-    inputs: list[str]
-    values_in: list[str]
-    outputs: list[str]
-    token_values: list[str]
-    count: Optional[str]
-    buckets: list[int]
-    extra_dims: Sequence[DimCut | ExtraDim]
+    @property
+    def inputs(self) -> list[str]: ...
+    @property
+    def values_in(self) -> list[str]: ...
+    @property
+    def outputs(self) -> list[str]: ...
+    @property
+    def token_values(self) -> list[str]: ...
+    @property
+    def count(self) -> Optional[str]: ...
+    @property
+    def buckets(self) -> list[int]: ...
+    @property
+    def extra_dims(self) -> Sequence[DimCut | ExtraDim]: ...
 
 
 @dataclass
@@ -134,6 +141,7 @@ class StagedRunner:
     def _cut(self, i: int, values: dict[str, np.ndarray], buckets: list[int]) -> dict[str, np.ndarray]:
         """Cut the token values of boundary stage ``i`` to the (sub-)batch's bucket; record it."""
         stage = self.stages[i]
+        assert stage.count is not None  # _run cuts only at stages that end in a count
         counts = values[stage.count]
         bucket = pick_bucket(int(counts.max()), buckets)
         for name in stage.token_values:

@@ -353,8 +353,8 @@ def compare(
     # per image, since token-dimension outputs of a staged bundle are as wide as each batch's bucket
     ref = {n: [row for it in ref_iters for row in it[n]] for n in outputs}
     got = {n: [row for it in got_iters for row in it[n]] for n in outputs}
-    ref[LOGITS], got[LOGITS] = np.stack(ref[LOGITS]), np.stack(got[LOGITS])
-    diff = np.abs(ref[LOGITS].astype(np.float64) - got[LOGITS].astype(np.float64))
+    ref_logits, got_logits = np.stack(ref[LOGITS]), np.stack(got[LOGITS])
+    diff = np.abs(ref_logits.astype(np.float64) - got_logits.astype(np.float64))
     effect = FEATURES if FEATURES in outputs else LOGITS
     cos = cosine(np.stack(got[effect]), np.stack(ref[effect]))
     classes = model.num_classes
@@ -364,11 +364,11 @@ def compare(
         reference_precision=reference_precision,
         atol=atol,
         min_agreement=min_agreement,
-        images=int(ref[LOGITS].shape[0]),
+        images=int(ref_logits.shape[0]),
         max_abs=float(diff.max()),
         mean_abs=float(diff.mean()),
         polygraphy_passed=None,
-        top1_agreement=float((ref[LOGITS].argmax(1) == got[LOGITS].argmax(1)).mean()) if classes else None,
+        top1_agreement=float((ref_logits.argmax(1) == got_logits.argmax(1)).mean()) if classes else None,
         output=effect if classes else "output",
         cosine_mean=float(cos.mean()),
         cosine_p5=float(np.percentile(cos, 5)),

@@ -376,9 +376,20 @@ def evaluate_bundles(
             cosine_output=FEATURES if FEATURES in outputs else None if classes else LOGITS,
         )
     timing = scores.get(TIMING, scores[DENSE])
-    context = {"batch": batch, "stats": stats, "images": images, "labelled_model": labelled_model}
     return [
-        _result(d, r, scores[str(i)], scores[DENSE], timing, reference_precision, classes, **context)
+        _result(
+            d,
+            r,
+            scores[str(i)],
+            scores[DENSE],
+            timing,
+            reference_precision,
+            classes,
+            batch,
+            stats,
+            images,
+            labelled_model,
+        )
         for i, (d, r) in enumerate(zip(directories, runners))
     ]
 

@@ -56,7 +56,7 @@ def capture_logger(trt: ModuleType) -> Any:
     cls = _LOGGER_CLASSES.get(trt.__name__)
     if cls is None:
 
-        class CaptureLogger(trt.ILogger):  # type: ignore[name-defined,misc]
+        class CaptureLogger(trt.ILogger):  # type: ignore[name-defined]
             def __init__(self) -> None:
                 trt.ILogger.__init__(self)
                 self.errors: list[str] = []
