@@ -294,10 +294,11 @@ def test_cli_build_failure_is_one_line_and_writes_nothing(tmp_path, capsys, monk
     planned = backend.plan
 
     def impossible(self, directory, stages, full_count, options):
-        planned(self, directory, stages, full_count, options)
-        for triple in stages[0]["tensorrt_plan"][-1]["shapes"].values():
+        plans = planned(self, directory, stages, full_count, options)
+        for triple in plans[0][-1]["shapes"].values():
             for shape in triple:
                 shape[-1] += 1  # 160 → 161
+        return plans
 
     monkeypatch.setattr(backend, "plan", impossible)
     out = tmp_path / "b"

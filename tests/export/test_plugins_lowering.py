@@ -52,7 +52,7 @@ def bundles(bundle) -> dict[tuple[str, str], Path]:
 
 def _models(directory: Path) -> list[onnx.ModelProto]:
     manifest = tokcompile.load(directory).manifest
-    return [onnx.load(str(directory / s["file"])) for s in manifest["stages"]]
+    return [onnx.load(str(directory / s.file)) for s in manifest.stages]
 
 
 def _token_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -75,7 +75,8 @@ def test_manifest_and_nodes_follow_the_mode(bundles, method: str, mode: str) -> 
     directory = bundles[(method, mode)]
     manifest = tokcompile.load(directory).manifest
     plugin, native = EXPECTED[(method, mode)]
-    assert manifest["lowering"] == {"plugins": mode, "plugin_nodes": plugin, "native_nodes": native}
+    lowering = manifest.lowering
+    assert (lowering.plugins, lowering.plugin_nodes, lowering.native_nodes) == (mode, plugin, native)
     routed: dict[str, int] = {}
     for model in _models(directory):
         onnx.checker.check_model(model, full_check=True)

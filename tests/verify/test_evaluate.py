@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_evaluate_tiny_folder(bundle, dense, folder, caplog):
     assert (result.images, result.skipped, result.labelled) == (3, 1, 2)
     # The figures recomputed here from both models' outputs on the same preprocessed images.
     files = sorted(p for p in folder.rglob("*.png"))
-    x = np.concatenate([b for b, _ in load_batches(files, "test_vit", 8)])
+    x = np.concatenate([b for b, _ in load_batches(files, preprocessing("test_vit", (3, 160, 160)), 8)])
     ours = tokcompile.load(bundle("test_vit")).run(x)
     theirs = dense(x, ("logits", "features"))
     labels = np.array([{f"{TENCH}_x.png": 0, "x.png": 1}.get(p.name, -1) for p in files])
@@ -184,10 +185,13 @@ def test_random_heads_and_weights_tag_every_figure(models):
     model, spec = models("test_vit")
     m = get_method("adavit")
     _, info = apply_method(model, spec, m, resolve_config(m, spec, {}), "fp32")  # no trained heads
-    manifest = {"weights": {"source": "random"}, "method": {"name": "adavit", "warnings": info["method_warnings"]}}
-    tags = caveats(manifest)
+
+    def manifest(source: str, warnings: list[str]) -> SimpleNamespace:  # the two fields caveats reads
+        return SimpleNamespace(weights=SimpleNamespace(source=source), method=SimpleNamespace(warnings=warnings))
+
+    tags = caveats(manifest("random", info["method_warnings"]))
     assert tags == ["RANDOM weights", "RANDOM decision heads"]
-    assert caveats({"weights": {"source": "file"}, "method": {"name": "evit"}}) == []
+    assert caveats(manifest("file", [])) == []
     result = EvalResult(
         "b", "adavit", {}, "fp32", 4, 8, 0, 8, False, "random", 0.5, 0.6, 0.9, 0.9, 0.8, 240.0, 100.0, 0.85,
         caveats=tags,
