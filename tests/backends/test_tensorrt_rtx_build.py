@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from bundle_fixtures import RTX_TARGET
 from cli_helpers import assert_user_error, run
 from onnx import TensorProto, helper
 
@@ -27,8 +28,7 @@ from tokcompile.runtime.commands import tensorrt_rtx_command, trtexec_command
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[dev]')")
 
-TARGET = 80
-BUCKETS = "40,70"  # staged methods: two bucket profiles + the catch-all per fed stage
+TARGET = RTX_TARGET  # rtx_bundle (bundle_fixtures.py) builds for this SM, staged methods with RTX_BUCKETS
 FULL = 101  # test_vit: 10×10 patches + CLS
 # test_vit's extra data-dependent dims (AdaViT): kept heads of 2, MLP rows of all 101 tokens
 EXTRA_FULL = {"heads": 2, "mlp_tokens": FULL}
@@ -41,18 +41,6 @@ CASES = [
     for p in ("fp32", "fp16")
 ]
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "imagenet-sample"  # ../shared from the repo root
-
-
-@pytest.fixture(scope="module")
-def rtx_bundle(bundle):
-    """``rtx_bundle(method, precision, **options)`` → a test_vit bundle built with TensorRT for RTX
-    for sm_80 (through the session's ``bundle`` fixture: built once)."""
-
-    def make(method: str, precision: str = "fp32", **options) -> Path:
-        params = {"buckets": BUCKETS} if method in STAGED else {}
-        return bundle("test_vit", precision, method, backend="tensorrt-rtx", target_sm=str(TARGET), **params, **options)
-
-    return make
 
 
 def onnx_inputs(path: Path) -> dict[str, list[int | str]]:
@@ -294,10 +282,11 @@ def test_cli_build_failure_is_one_line_and_writes_nothing(tmp_path, capsys, monk
     planned = backend.plan
 
     def impossible(self, directory, stages, full_count, options):
-        planned(self, directory, stages, full_count, options)
-        for triple in stages[0]["tensorrt_plan"][-1]["shapes"].values():
+        plans = planned(self, directory, stages, full_count, options)
+        for triple in plans[0][-1]["shapes"].values():
             for shape in triple:
                 shape[-1] += 1  # 160 → 161
+        return plans
 
     monkeypatch.setattr(backend, "plan", impossible)
     out = tmp_path / "b"

@@ -121,9 +121,10 @@ def tome_bundle(tmp_path_factory) -> Path:
 
 def test_build_load_compare(tome_bundle: Path) -> None:
     manifest = tokcompile.load(tome_bundle).manifest
-    assert manifest["method"] == {"name": "tome", "params": {"r": [8] * 6, "layers": list(range(6)), "prop_attn": True}}
-    assert manifest["tokens"]["sequence"] == [101, 93, 85, 77, 69, 61, 53]
-    assert manifest["stages"][0]["custom_nodes"] == ["TomeMerge"]
+    assert manifest.method.name == "tome"
+    assert manifest.method.params == {"r": [8] * 6, "layers": list(range(6)), "prop_attn": True}
+    assert manifest.tokens.sequence == [101, 93, 85, 77, 69, 61, 53]
+    assert manifest.stages[0].custom_nodes == ["TomeMerge"]
     runner = tokcompile.load(tome_bundle)
     images = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
     outputs = runner.run(images)
