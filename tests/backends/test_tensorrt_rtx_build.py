@@ -34,12 +34,10 @@ FULL = 101  # test_vit: 10×10 patches + CLS
 EXTRA_FULL = {"heads": 2, "mlp_tokens": FULL}
 METHODS = ("none", "evit", "tome", "ats", "avit", "adavit")
 STAGED = ("ats", "avit", "adavit")
-# staged bundles export one file per stage: 25-65 s each on 2 cores, almost all of it torch.onnx.export
-CASES = [
-    pytest.param(m, p, marks=[pytest.mark.slow] if m in STAGED else (), id=f"{m}-{p}")
-    for m in METHODS
-    for p in ("fp32", "fp16")
-]
+# Every bundle build here is the file's own (no default test shares a TensorRT for RTX bundle):
+# 5-10 s each on 2 cores for one file, 25-65 s for the staged methods' one file per stage, almost
+# all of it torch.onnx.export. They run in the slow run (pytest -m slow; CI runs both).
+CASES = [pytest.param(m, p, id=f"{m}-{p}") for m in METHODS for p in ("fp32", "fp16")]
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "imagenet-sample"  # ../shared from the repo root
 
 
@@ -82,6 +80,7 @@ def plugin_attribute_nodes(path: Path) -> list[str]:
     return [n.op_type for n in nodes if any(a.name == "plugin_namespace" for a in n.attribute)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, precision", CASES)
 def test_every_stage_builds_with_the_planned_profiles(rtx_bundle, method: str, precision: str) -> None:
     directory = rtx_bundle(method, precision)
@@ -134,6 +133,7 @@ def test_deit_t_ats_with_calibrated_buckets(checkpoint, tmp_path) -> None:
         assert stage.engine.plugin_layers == 0 and (out / stage.engine.file).stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tf32", [False, True])
 def test_builder_and_report_make_the_same_tf32_choice(rtx_bundle, tf32: bool) -> None:
     """TensorRT for RTX enables TF32 unless told otherwise, as trtexec does: the builder config must
@@ -152,6 +152,7 @@ def test_builder_and_report_make_the_same_tf32_choice(rtx_bundle, tf32: bool) ->
     assert ("--noTF32" in trtexec_command(manifest, stage).split()) is not tf32
 
 
+@pytest.mark.slow
 def test_load_runs_the_engines_or_falls_back_to_onnx_runtime(rtx_bundle, caplog) -> None:
     """Where TensorRT for RTX cannot run (no GPU here), the ONNX files run, with a warning; where it
     runs on one of the bundle's SMs, the engines must agree with ONNX Runtime."""
