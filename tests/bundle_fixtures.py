@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import save_file
 
 import tokcompile
@@ -34,18 +36,111 @@ def checkpoint(models, tmp_path_factory) -> Callable[[str], Path]:
 
 @pytest.fixture(scope="session")
 def bundle(checkpoint, tmp_path_factory) -> Callable[..., Path]:
-    """``bundle("test_vit", precision="fp32", method="evit", **params)`` → path of a built bundle (cached)."""
+    """``bundle("test_vit", precision="fp32", method="evit", weights=None, **params)`` → path of a
+    built bundle (cached: every test asking for the same arguments shares one build). Weights:
+    the zoo model's checkpoint unless ``weights`` names a file."""
     cache: dict[tuple, Path] = {}
 
-    def make(name: str, precision: str = "fp32", method: str = "evit", **params) -> Path:
-        key = (name, precision, method, tuple(sorted(params.items())))
+    def make(name: str, precision: str = "fp32", method: str = "evit", weights: Path | None = None, **params) -> Path:
+        weights = weights if weights is not None else checkpoint(name)
+        key = (name, precision, method, str(weights), tuple(sorted(params.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp("bundle") / f"{name}-{method}-{precision}"
-            tokcompile.build(
-                name, method=method, precision=precision, weights=str(checkpoint(name)), output=out, **params
-            )
+            tokcompile.build(name, method=method, precision=precision, weights=str(weights), output=out, **params)
             cache[key] = out
         return cache[key]
+
+    return make
+
+
+# The one test_vit bundle per staged method that the suite shares (a staged build exports one
+# ONNX file per stage: 15-30 s each on 2 cores, so no test builds another without a reason).
+# ATS: three buckets below the sample count; A-ViT: γ, β under which random weights halt tokens
+# after a few blocks (the released β=75 halts none); AdaViT: the official-format checkpoint
+# below, whose decision heads skip heads, sub-layers and tokens for some images and not others.
+ATS_BUCKETS = "40,60,80"
+AVIT_GAMMA, AVIT_BETA = 10.0, 3.0
+STAGED_PARAMS: dict[str, dict[str, Any]] = {
+    "ats": {"buckets": ATS_BUCKETS},
+    "avit": {"gamma": AVIT_GAMMA, "beta": AVIT_BETA, "buckets": "32,64"},
+    "adavit": {"buckets": "32,64"},
+}
+
+
+@pytest.fixture(scope="session")
+def adavit_official(models, tmp_path_factory) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Path]:
+    """(zoo test_vit, its official-format AdaViT state, that state's .pth path): the DeiT backbone
+    with query/key/value split and decision heads, nested under ``model`` as the official training
+    script saves it."""
+    from reference_adavit import adavit_state
+
+    model, _ = models("test_vit")
+    state = adavit_state(model)
+    path = tmp_path_factory.mktemp("adavit") / "ada_test_vit.pth"
+    torch.save({"model": state, "epoch": 1}, path)
+    return model, state, path
+
+
+@pytest.fixture(scope="session")
+def method_bundle(bundle, adavit_official) -> Callable[..., Path]:
+    """``method_bundle("ats", precision="fp32", **extra)`` → the suite's shared test_vit bundle of a
+    method (defaults for none/evit/tome, ``STAGED_PARAMS`` for the staged ones), built once."""
+
+    def make(method: str, precision: str = "fp32", **extra: Any) -> Path:
+        weights = adavit_official[2] if method == "adavit" else None
+        return bundle("test_vit", precision, method, weights=weights, **STAGED_PARAMS.get(method, {}), **extra)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def calibrated(models) -> Callable[..., tuple[Any, list[Any]]]:
+    """``calibrated("ats", buckets="20,30", **params)`` → (``runtime.calibrate.Calibration``, stage
+    entries): a build's calibration step on the zoo test_vit (the ``bundle`` fixture's weights)
+    without the ONNX export before it. The method's graph as a build makes it (``apply_method``),
+    cut into stages as the export cuts it, calibrated on the build's random inputs; the entries
+    carry each stage's index, values and count (what calibration reads) and the buckets found."""
+    from tokcompile.export.stages import cut_stages
+    from tokcompile.manifest import StageEntry
+    from tokcompile.methods import apply_method, get_method, resolve_config
+    from tokcompile.runtime.calibrate import calibrate, plan_calibration
+
+    def make(method: str, buckets: str | None = None, **params: Any) -> tuple[Any, list[Any]]:
+        model, spec = models("test_vit")
+        m = get_method(method)
+        gm, _ = apply_method(model, spec, m, resolve_config(m, spec, params), "fp32")
+        stages, final = cut_stages(gm)
+        entries = [
+            StageEntry(s.index, f"stage{s.index}.onnx", s.inputs, s.inputs, s.outputs, f"stage{s.index}.onnx", "fp32")
+            for s in stages
+        ]
+        for entry, stage in zip(entries, stages):
+            entry.count, entry.token_values = stage.count, stage.token_values
+        found = calibrate(plan_calibration(spec, None, buckets, None, None), gm, spec, entries, final)
+        for entry in entries:
+            entry.buckets = found.buckets.get(entry.index, [])
+        return found, entries
+
+    return make
+
+
+# TensorRT for RTX builds ahead of time for this SM on a machine without a GPU.
+RTX_TARGET = 80
+RTX_BUCKETS = "40,70"  # staged methods: two bucket profiles + the catch-all per fed stage
+
+
+@pytest.fixture(scope="session")
+def rtx_bundle(bundle) -> Callable[..., Path]:
+    """``rtx_bundle(method, precision, **options)`` → a test_vit bundle built with TensorRT for RTX
+    for ``RTX_TARGET`` (staged methods with ``RTX_BUCKETS``), built once per session."""
+
+    def make(method: str, precision: str = "fp32", **options: Any) -> Path:
+        from tokcompile.methods import get_method
+
+        params = {"buckets": RTX_BUCKETS} if get_method(method).staged else {}
+        return bundle(
+            "test_vit", precision, method, backend="tensorrt-rtx", target_sm=str(RTX_TARGET), **params, **options
+        )
 
     return make
 
@@ -71,8 +166,6 @@ DINOV2_ARGS = (
 def dinov2_checkpoint(tmp_path_factory) -> Path:
     """The DINOv2-style model's weights (random; q/k ×4 as the zoo's; LayerScale 0.1 instead of
     timm's 1e-5 init, so blocks move the tokens as trained ones do) as safetensors."""
-    import torch
-
     from tokcompile.models import create_model
 
     model, _, _, _ = create_model(DINOV2, weights="random", seed=0, **DINOV2_KWARGS)

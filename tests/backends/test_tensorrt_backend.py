@@ -29,8 +29,6 @@ from tokcompile.backends.tensorrt.run import to_numpy, torch_dtype
 from tokcompile.manifest import EngineEntry, EnginesRecord, ExtraDim, StageEntry
 from tokcompile.runtime.bundle import hash_files, read_manifest
 
-ATS_BUCKETS = "40,60,80"  # as tests/runtime/test_staged.py: the session builds this bundle once
-
 
 def onnx_input_shapes(path: Path) -> dict[str, list[int]]:
     """Input dims of an ONNX file, -1 where dynamic (what TensorRT's parsed network reports)."""
@@ -99,9 +97,9 @@ def test_profiles_opt_batch_and_bad_shapes():
         trt_backend.stage_profiles({"x": (-1, -1)}, ["x"], [4], 10, 8, 16)
 
 
-def test_profiles_of_a_real_staged_bundle(bundle):
+def test_profiles_of_a_real_staged_bundle(method_bundle):
     """Read the manifest and ONNX files of an ATS bundle the way the builder does."""
-    directory = bundle("test_vit", method="ats", buckets=ATS_BUCKETS)
+    directory = method_bundle("ats")
     manifest = read_manifest(directory)
     stages = manifest.stages
     full = manifest.model.num_tokens
@@ -355,9 +353,9 @@ def test_compare_runs_onnx_files_of_a_tensorrt_bundle_without_tensorrt(no_tensor
     assert any("TensorRT cannot run here (TensorRT is not installed (test))" in n for n in report.notes)
 
 
-def test_onnxruntime_bundles_carry_the_planned_engine_commands(bundle):
+def test_onnxruntime_bundles_carry_the_planned_engine_commands(method_bundle):
     """A bundle built on a CPU lists the trtexec/polygraphy lines that lower it on the GPU machine."""
-    directory = bundle("test_vit", method="ats", buckets=ATS_BUCKETS)
+    directory = method_bundle("ats")
     manifest = read_manifest(directory)
     report, script = (directory / "report.md").read_text(), (directory / "engines.sh").read_text()
     assert manifest.backend == "onnxruntime" and "Not built here" in report

@@ -23,7 +23,7 @@ from tokcompile.backends.tensorrt.env import gpu_info, sm_number
 from tokcompile.backends.tensorrt.plugins import resolve_plugin_lib
 from tokcompile.models.weights import file_sha256
 
-pytestmark = pytest.mark.trt
+pytestmark = [pytest.mark.trt, pytest.mark.slow]  # slow: TensorRT bundles of its own, engines built on the GPU
 
 trt = pytest.importorskip("tensorrt", reason="the TensorRT builder is not installed (pip install -e '.[tensorrt]')")
 _reason = get_backend("tensorrt").unavailable({})

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from bundle_fixtures import RTX_TARGET
 from cli_helpers import assert_user_error, run
 from onnx import TensorProto, helper
 
@@ -27,32 +28,17 @@ from tokcompile.runtime.commands import tensorrt_rtx_command, trtexec_command
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[dev]')")
 
-TARGET = 80
-BUCKETS = "40,70"  # staged methods: two bucket profiles + the catch-all per fed stage
+TARGET = RTX_TARGET  # rtx_bundle (bundle_fixtures.py) builds for this SM, staged methods with RTX_BUCKETS
 FULL = 101  # test_vit: 10×10 patches + CLS
 # test_vit's extra data-dependent dims (AdaViT): kept heads of 2, MLP rows of all 101 tokens
 EXTRA_FULL = {"heads": 2, "mlp_tokens": FULL}
 METHODS = ("none", "evit", "tome", "ats", "avit", "adavit")
 STAGED = ("ats", "avit", "adavit")
-# staged bundles export one file per stage: 25-65 s each on 2 cores, almost all of it torch.onnx.export
-CASES = [
-    pytest.param(m, p, marks=[pytest.mark.slow] if m in STAGED else (), id=f"{m}-{p}")
-    for m in METHODS
-    for p in ("fp32", "fp16")
-]
+# Every bundle build here is the file's own (no default test shares a TensorRT for RTX bundle):
+# 5-10 s each on 2 cores for one file, 25-65 s for the staged methods' one file per stage, almost
+# all of it torch.onnx.export. They run in the slow run (pytest -m slow; CI runs both).
+CASES = [pytest.param(m, p, id=f"{m}-{p}") for m in METHODS for p in ("fp32", "fp16")]
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "imagenet-sample"  # ../shared from the repo root
-
-
-@pytest.fixture(scope="module")
-def rtx_bundle(bundle):
-    """``rtx_bundle(method, precision, **options)`` → a test_vit bundle built with TensorRT for RTX
-    for sm_80 (through the session's ``bundle`` fixture: built once)."""
-
-    def make(method: str, precision: str = "fp32", **options) -> Path:
-        params = {"buckets": BUCKETS} if method in STAGED else {}
-        return bundle("test_vit", precision, method, backend="tensorrt-rtx", target_sm=str(TARGET), **params, **options)
-
-    return make
 
 
 def onnx_inputs(path: Path) -> dict[str, list[int | str]]:
@@ -94,6 +80,7 @@ def plugin_attribute_nodes(path: Path) -> list[str]:
     return [n.op_type for n in nodes if any(a.name == "plugin_namespace" for a in n.attribute)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, precision", CASES)
 def test_every_stage_builds_with_the_planned_profiles(rtx_bundle, method: str, precision: str) -> None:
     directory = rtx_bundle(method, precision)
@@ -146,6 +133,7 @@ def test_deit_t_ats_with_calibrated_buckets(checkpoint, tmp_path) -> None:
         assert stage.engine.plugin_layers == 0 and (out / stage.engine.file).stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tf32", [False, True])
 def test_builder_and_report_make_the_same_tf32_choice(rtx_bundle, tf32: bool) -> None:
     """TensorRT for RTX enables TF32 unless told otherwise, as trtexec does: the builder config must
@@ -164,6 +152,7 @@ def test_builder_and_report_make_the_same_tf32_choice(rtx_bundle, tf32: bool) ->
     assert ("--noTF32" in trtexec_command(manifest, stage).split()) is not tf32
 
 
+@pytest.mark.slow
 def test_load_runs_the_engines_or_falls_back_to_onnx_runtime(rtx_bundle, caplog) -> None:
     """Where TensorRT for RTX cannot run (no GPU here), the ONNX files run, with a warning; where it
     runs on one of the bundle's SMs, the engines must agree with ONNX Runtime."""

@@ -108,7 +108,7 @@ def test_show(capsys, bundle, images, tmp_path):
         (["sweep", "test_vit", "--keep-rate", "0.5", "--precision", "fp8"], r"--precision must be one of"),
         (["sweep", "test_vit", "--keep-rate", "0.5", "--images", "nowhere"], r"'nowhere' is not a directory"),
         (["sweep", "test_vit", "--keep-rate", "0.5", "--batch", "0"], r"--batch must be a positive integer"),
-        (["sweep", "test_vit"], r"one of the arguments --keep-rate --r is required"),
+        (["sweep", "test_vit"], r"one of the arguments --keep-rate --r --param is required"),
         (["sweep", "test_vit", "--keep-rate", "0.5", "--r", "4"], r"not allowed with argument"),
         (["eval", "nobundle", "--images", "."], r"is not a tokcompile bundle"),
         (["eval", "nobundle"], r"--images"),

@@ -36,8 +36,8 @@ SHAPE = (3, 160, 160)
 
 
 @pytest.fixture(scope="module")
-def ats_bundle(bundle) -> Path:
-    return bundle("test_vit", method="ats", buckets="40,60,80")
+def ats_bundle(method_bundle) -> Path:
+    return method_bundle("ats")
 
 
 @pytest.fixture(scope="module")

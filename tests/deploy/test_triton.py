@@ -49,8 +49,8 @@ def evit_bundle(bundle) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ats_bundle(bundle) -> Path:
-    return bundle("test_vit", method="ats", buckets="40,60,80")
+def ats_bundle(method_bundle) -> Path:
+    return method_bundle("ats")
 
 
 @pytest.mark.parametrize("method", ["evit", "ats"])

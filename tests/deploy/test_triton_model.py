@@ -16,8 +16,8 @@ SHAPE = (3, 160, 160)
 
 
 @pytest.fixture(scope="module")
-def ats_runner(bundle):
-    return tokcompile.load(bundle("test_vit", method="ats", buckets="40,60,80"))
+def ats_runner(method_bundle):
+    return tokcompile.load(method_bundle("ats"))
 
 
 def test_check_images() -> None:

@@ -1,9 +1,10 @@
 """Exported repositories on the real ``tritonserver`` binary and Python backend of nvidia-pytriton
 (``tritonserver --model-repository ... --backend-directory ...``, loopback, free ports): one
 server for the module holds an EViT (static) and an ATS (staged, buckets) repository, a second
-one an AdaViT repository (staged, extra dims cut per batch; slow: its bundle takes a while). Clients send plain images (the repository's client.py);
-answers equal ``tokcompile.load`` per request under concurrent dynamic batching: the server runs
-the in-process stage loop, there is no second copy to diverge."""
+one an AdaViT repository (staged, extra dims cut per batch; the suite's shared AdaViT bundle).
+Clients send plain images (the repository's client.py); answers equal ``tokcompile.load`` per
+request under concurrent dynamic batching: the server runs the in-process stage loop, there is
+no second copy to diverge."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ MAX_BATCH = 8  # requests of 1..4 images leave room to merge them
 
 
 @pytest.fixture(scope="module")
-def bundles(bundle) -> dict[str, Path]:
-    return {"evit": bundle("test_vit"), "ats": bundle("test_vit", method="ats", buckets="40,60,80")}
+def bundles(bundle, method_bundle) -> dict[str, Path]:
+    return {"evit": bundle("test_vit"), "ats": method_bundle("ats")}
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +101,10 @@ def test_concurrent_requests_equal_in_process(method: str, server, bundles, imag
     check_concurrent_requests(server, method, bundles[method], images)
 
 
-@pytest.mark.slow
-def test_adavit_extra_dims_on_the_server(bundle, images: np.ndarray, tmp_path: Path) -> None:
+def test_adavit_extra_dims_on_the_server(method_bundle, images: np.ndarray, tmp_path: Path) -> None:
     """AdaViT cuts its kept-head and MLP-row tensors to each batch's largest count (extra dims),
     which the old client-side stage loop lacked; served, it runs the in-process loop."""
-    source = bundle("test_vit", method="adavit", buckets="32,64")
+    source = method_bundle("adavit")
     triton_repo_from_bundle(source, tmp_path / "repo", name="adavit", max_batch=MAX_BATCH, max_queue_delay_us=20000)
     with TritonServer([tmp_path / "repo"], endpoints("127.0.0.1", *free_ports(3)), tmp_path) as server:
         check_concurrent_requests(server, "adavit", source, images)

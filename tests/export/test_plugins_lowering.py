@@ -1,11 +1,13 @@
 """``--plugins on|off|auto``: which token-op nodes carry the TensorRT plugin attributes.
 
-Bundles of test_vit with EViT (static counts, native lowering by default) and ATS (staged; the
-plugin by default: its body accumulates in float64), built through the session ``bundle``
-fixture (the auto bundles are the ones other test files use). Checks, per mode: the manifest's
-``lowering`` record, ``onnx.checker`` (full), ONNX Runtime outputs identical across modes, and
-the plugin nodes' attributes against the plugins' YAML schemas. Four new builds (~70 s on 2 CPU
-cores).
+The mode acts only while the graph is exported (``ops.lowering.plugin_lowering``), so the modes
+are checked on exports, not bundle builds: test_vit with EViT (static counts) and ATS (its
+pipeline without ``split_stages``: one file holding all four AtsSample nodes) exported under each
+mode with ``onnx_from_graph_module(..., plugins=mode)``, as a build exports every stage. Checks,
+per mode: the manifest's ``lowering`` record computed from the export's facts (and, for the
+default mode, read from the suite's shared bundles, so the build's wiring is checked too),
+``onnx.checker`` (full), ONNX Runtime outputs identical across modes, and the plugin nodes'
+attributes against the plugins' YAML schemas. Six exports (~25 s on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -15,13 +17,26 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import yaml
+from pass_helpers import method_graph
 
 import tokcompile
 from tokcompile import TokcompileError, _defaults
+from tokcompile.export.onnx import onnx_from_graph_module
+from tokcompile.methods import get_method
 from tokcompile.ops import PLUGIN_OPS, TOKEN_OPS
-from tokcompile.ops.lowering import PLUGIN_ATTRIBUTES, check_backend, check_mode, plugin_attributes, plugin_lowering
+from tokcompile.ops.lowering import (
+    PLUGIN_ATTRIBUTES,
+    check_backend,
+    check_mode,
+    lowering_summary,
+    plugin_attributes,
+    plugin_lowering,
+)
+from tokcompile.passes.graph_outputs import named_outputs
+from tokcompile.passes.output_features import output_features
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML = {
@@ -29,7 +44,6 @@ YAML = {
     "AtsSample": ROOT / "plugins" / "atsSamplePlugin" / "AtsSample_PluginConfig.yaml",
 }
 MODES = ("on", "off", "auto")
-ATS_BUCKETS = "40,60,80"  # as tests/runtime/test_staged.py: the auto bundle is shared
 # What the TensorRT ONNX parser passes for each ONNX attribute type (onnx-tensorrt loadFields).
 FIELD_TYPES = {
     onnx.AttributeProto.INT: "int32",
@@ -38,21 +52,26 @@ FIELD_TYPES = {
 }
 
 
-def _build(bundle, method: str, mode: str) -> Path:
-    params = {"buckets": ATS_BUCKETS} if method == "ats" else {}
-    if mode != "auto":  # auto is the default: reuse the bundle other test files build
-        params["plugins"] = mode
-    return bundle("test_vit", method=method, **params)
+@dataclasses.dataclass
+class Export:
+    path: Path
+    facts: dict
+    model: onnx.ModelProto
 
 
 @pytest.fixture(scope="module")
-def bundles(bundle) -> dict[tuple[str, str], Path]:
-    return {(method, mode): _build(bundle, method, mode) for method in ("evit", "ats") for mode in MODES}
-
-
-def _models(directory: Path) -> list[onnx.ModelProto]:
-    manifest = tokcompile.load(directory).manifest
-    return [onnx.load(str(directory / s.file)) for s in manifest.stages]
+def exports(models, tmp_path_factory) -> dict[tuple[str, str], Export]:
+    """(method, mode) → test_vit's graph of the method exported under the mode."""
+    folder = tmp_path_factory.mktemp("lowering")
+    _, spec = models("test_vit")
+    out = {}
+    for method in ("evit", "ats"):
+        gm, _ = method_graph(models, method, passes=(*get_method(method).pipeline, output_features))
+        for mode in MODES:
+            path = folder / f"{method}-{mode}.onnx"
+            facts = onnx_from_graph_module(gm, spec.input_shape, path, named_outputs(gm), plugins=mode)
+            out[(method, mode)] = Export(path, facts, onnx.load(str(path)))
+    return out
 
 
 def _token_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -71,29 +90,39 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize(("method", "mode"), list(EXPECTED))
-def test_manifest_and_nodes_follow_the_mode(bundles, method: str, mode: str) -> None:
-    directory = bundles[(method, mode)]
-    manifest = tokcompile.load(directory).manifest
+def test_manifest_and_nodes_follow_the_mode(exports, method: str, mode: str) -> None:
+    export = exports[(method, mode)]
     plugin, native = EXPECTED[(method, mode)]
-    lowering = manifest.lowering
-    assert (lowering.plugins, lowering.plugin_nodes, lowering.native_nodes) == (mode, plugin, native)
+    assert lowering_summary(mode, [export.facts]) == {"plugins": mode, "plugin_nodes": plugin, "native_nodes": native}
+    onnx.checker.check_model(export.model, full_check=True)
     routed: dict[str, int] = {}
-    for model in _models(directory):
-        onnx.checker.check_model(model, full_check=True)
-        for node in _token_nodes(model):
-            names = {a.name for a in node.attribute}
-            if names & set(PLUGIN_ATTRIBUTES):
-                assert names >= set(PLUGIN_ATTRIBUTES), node
-                routed[node.op_type] = routed.get(node.op_type, 0) + 1
-        # every custom node still has its function body (ONNX Runtime's, and TensorRT's fallback)
-        assert {n.op_type for n in _token_nodes(model)} <= {f.name for f in model.functions}
+    for node in _token_nodes(export.model):
+        names = {a.name for a in node.attribute}
+        if names & set(PLUGIN_ATTRIBUTES):
+            assert names >= set(PLUGIN_ATTRIBUTES), node
+            routed[node.op_type] = routed.get(node.op_type, 0) + 1
+    # every custom node still has its function body (ONNX Runtime's, and TensorRT's fallback)
+    assert {n.op_type for n in _token_nodes(export.model)} <= {f.name for f in export.model.functions}
     assert routed == plugin
 
 
 @pytest.mark.parametrize("method", ["evit", "ats"])
-def test_onnxruntime_outputs_identical_across_modes(bundles, method: str) -> None:
+def test_built_bundles_record_the_default_mode(method_bundle, method: str) -> None:
+    """What a build writes: the shared bundles (``--plugins auto``, every stage file summed)."""
+    plugin, native = EXPECTED[(method, "auto")]
+    lowering = tokcompile.load(method_bundle(method)).manifest.lowering
+    assert (lowering.plugins, lowering.plugin_nodes, lowering.native_nodes) == ("auto", plugin, native)
+    assert lowering.requested is None
+
+
+@pytest.mark.parametrize("method", ["evit", "ats"])
+def test_onnxruntime_outputs_identical_across_modes(exports, method: str) -> None:
     images = np.random.default_rng(5).standard_normal((3, 3, 160, 160), dtype=np.float32)
-    outputs = {mode: tokcompile.load(bundles[(method, mode)]).run(images) for mode in MODES}
+    outputs = {}
+    for mode in MODES:
+        session = ort.InferenceSession(str(exports[(method, mode)].path), providers=["CPUExecutionProvider"])
+        outputs[mode] = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images})))
+    assert len(outputs["auto"]) > 2  # logits, features and the method's own outputs
     for mode in ("on", "off"):
         assert list(outputs[mode]) == list(outputs["auto"])
         for name, value in outputs["auto"].items():
@@ -108,11 +137,11 @@ def _schema(op: str) -> dict:
 
 
 @pytest.mark.parametrize(("method", "op"), [("evit", "EvitSelect"), ("ats", "AtsSample")])
-def test_plugin_nodes_carry_exactly_the_yaml_attributes(bundles, method: str, op: str) -> None:
+def test_plugin_nodes_carry_exactly_the_yaml_attributes(exports, method: str, op: str) -> None:
     """The parser passes a node attribute to the plugin only if the creator declares it, so the
     YAML lists the op's own attributes; plugin_namespace/plugin_version are lookup keys."""
     version = _schema(op)
-    nodes = [n for m in _models(bundles[(method, "on")]) for n in _token_nodes(m) if n.op_type == op]
+    nodes = [n for n in _token_nodes(exports[(method, "on")].model) if n.op_type == op]
     assert nodes
     for node in nodes:
         attrs = {a.name: a for a in node.attribute}

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from bundle_fixtures import RTX_BUCKETS
 from onnx import TensorProto, helper
 
 from tokcompile.export.onnx import scoped_function
@@ -94,8 +95,9 @@ def _stage_files(bundle: Path) -> list[tuple[Path, dict]]:
 
 
 @pytest.fixture(scope="module")
-def bundles(bundle) -> dict[str, Path]:
-    return {method: bundle("test_vit", method=method) for method in METHODS}
+def bundles(method_bundle) -> dict[str, Path]:
+    """The suite's shared test_vit bundle of every method (the names do not depend on buckets)."""
+    return {method: method_bundle(method) for method in METHODS}
 
 
 # ----------------------------------------------------------------------------- names, no TensorRT
@@ -218,7 +220,6 @@ def _build(path: Path, plan: list[dict]) -> tuple[int, int, object]:
 
 
 @pytest.mark.trt
-@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_stage_builds_natively_for_its_planned_profiles(bundles, method: str) -> None:
     pytest.importorskip("tensorrt_rtx")
@@ -229,14 +230,19 @@ def test_every_stage_builds_natively_for_its_planned_profiles(bundles, method: s
 
 
 @pytest.mark.trt
-def test_ats_builds_for_buckets_below_the_sample_count(bundle) -> None:
+@pytest.mark.slow
+def test_ats_builds_for_buckets_below_the_sample_count(rtx_bundle) -> None:
     """The old body scattered M picks into n < M slots, which the builder rejects for every bucket
-    below M + 1; the fp16 graph feeds the op fp16 values."""
+    below M + 1 (M = 101, every token, on test_vit); the fp16 graph feeds the op fp16 values. The
+    fp16 ATS bundle of test_tensorrt_rtx_build.py (all profiles in one engine there), each bucket
+    built on its own here."""
     pytest.importorskip("tensorrt_rtx")
-    path = bundle("test_vit", method="ats", precision="fp16", buckets="40,60,90")
+    path = rtx_bundle("ats", "fp16")
+    expected = [int(b) for b in RTX_BUCKETS.split(",")]
+    assert max(expected) < 101
     for file, stage in _stage_files(path)[1:-1]:
         buckets = [p["bucket"] for p in stage["tensorrt_plan"]]
-        assert buckets[:3] == [40, 60, 90]
+        assert buckets[:-1] == expected
         for entry in stage["tensorrt_plan"]:  # one profile at a time: each bucket on its own
             assert _build(file, [entry])[2] is not None, (file.name, entry["bucket"])
 

@@ -1,9 +1,10 @@
 """ONNX export of ToMe GraphModules and a ToMe bundle end to end.
 
-DeiT-T with r = 13: one TomeMerge node per block calling one model-local function, no
-ScatterElements with a reduction anywhere, a symbolic batch, and ONNX Runtime (CPU) equal to the
-GraphModule. Then ``tokcompile.build`` → ``load`` → ``compare`` on test_vit. Two exports in all
-(~10 s each on 2 CPU cores).
+test_vit (6 blocks, 101 tokens) with r = 13: one TomeMerge node per block calling one
+model-local function, no ScatterElements with a reduction anywhere, a symbolic batch, and ONNX
+Runtime (CPU) equal to the GraphModule. Then ``tokcompile.build`` → ``load`` → ``compare`` on
+test_vit. Two exports in all (~5 s each on 2 CPU cores); ToMe's numerics on DeiT-T (12 blocks,
+197 tokens) against the eager reference: tests/passes/test_tome_passes.py.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from tokcompile.passes.manager import PassContext, run_passes
 from tokcompile.verify.compare import compare
 
 LOGITS_ATOL = 1e-4  # fp32, ORT CPU vs the GraphModule
+DEPTH = 6  # test_vit's blocks: ToMe merges in every one
 
 
 @pytest.fixture(scope="module")
-def deit_tome(models, tmp_path_factory) -> Exported:
-    model, spec = models("deit_t")
+def tv_tome(models, tmp_path_factory) -> Exported:
+    model, spec = models("test_vit")
     config = tome_method.TomeConfig.resolve(spec, r=13)
     ctx = PassContext(spec, config, layers=config.layers, debug=True)
     gm = run_passes(capture(model), get_method("tome").pipeline, ctx).graph_module
@@ -61,53 +63,53 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
         yield from walk(fn.node)
 
 
-def test_one_tome_merge_node_per_block(deit_tome: Exported) -> None:
-    nodes = deit_tome.nodes("TomeMerge")
-    assert len(nodes) == 12 and all(n.domain == "tokcompile" for n in nodes)
-    assert deit_tome.facts["custom_nodes"] == ["TomeMerge"]
-    assert deit_tome.facts["outputs"] == ["logits"] + [f"merge_map_{i}" for i in range(12)]
-    assert [a["r"] for a in map(_attrs, nodes)] == [13] * 12
+def test_one_tome_merge_node_per_block(tv_tome: Exported) -> None:
+    nodes = tv_tome.nodes("TomeMerge")
+    assert len(nodes) == DEPTH and all(n.domain == "tokcompile" for n in nodes)
+    assert tv_tome.facts["custom_nodes"] == ["TomeMerge"]
+    assert tv_tome.facts["outputs"] == ["logits"] + [f"merge_map_{i}" for i in range(DEPTH)]
+    assert [a["r"] for a in map(_attrs, nodes)] == [13] * DEPTH
     for a in map(_attrs, nodes):
         # TomeMerge has no TensorRT plugin: never plugin attributes, TensorRT always inlines the body.
         assert a == {"r": 13, "num_prefix": 1}
-    assert deit_tome.facts["plugin_nodes"] == {} and deit_tome.facts["native_nodes"] == {"TomeMerge": 12}
-    functions = [f for f in deit_tome.model.functions if f.domain == "tokcompile"]
+    assert tv_tome.facts["plugin_nodes"] == {} and tv_tome.facts["native_nodes"] == {"TomeMerge": DEPTH}
+    functions = [f for f in tv_tome.model.functions if f.domain == "tokcompile"]
     assert [f.name for f in functions] == ["TomeMerge"]
-    opsets = {o.domain: o.version for o in deit_tome.model.opset_import}
+    opsets = {o.domain: o.version for o in tv_tome.model.opset_import}
     assert opsets.get("tokcompile") == 1
 
 
-def test_no_scatter_with_reduction(deit_tome: Exported) -> None:
+def test_no_scatter_with_reduction(tv_tome: Exported) -> None:
     """TensorRT's parser needs its plugin library for ScatterElements/ScatterND with a reduction
     (onnx-tensorrt 10.10 ``onnxOpImporters.cpp`` ScatterElements: reduction != "none" goes to
     ``scatterPluginHelper``); the body is lowered natively (TomeMerge has no plugin of ours), so
     it must not use one."""
-    for node in _all_nodes(deit_tome.model):
+    for node in _all_nodes(tv_tome.model):
         if node.op_type in ("ScatterElements", "ScatterND"):
             assert _attrs(node).get("reduction", "none") == "none", node
 
 
-def test_checker_and_symbolic_batch(deit_tome: Exported) -> None:
-    onnx.checker.check_model(deit_tome.model, full_check=True)
-    (inp,) = deit_tome.model.graph.input
+def test_checker_and_symbolic_batch(tv_tome: Exported) -> None:
+    onnx.checker.check_model(tv_tome.model, full_check=True)
+    (inp,) = tv_tome.model.graph.input
     assert inp.name == INPUT_NAME
     dims = inp.type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 224, 224]
-    for out in deit_tome.model.graph.output[1:]:
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 160, 160]
+    for out in tv_tome.model.graph.output[1:]:
         odims = out.type.tensor_type.shape.dim
-        assert odims[0].dim_param and odims[1].dim_value == 197
+        assert odims[0].dim_param and odims[1].dim_value == 101
 
 
-def test_onnxruntime_matches_graph_module(deit_tome: Exported) -> None:
-    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(3))  # batch 3: not the traced 2
-    session = ort.InferenceSession(str(deit_tome.path), providers=["CPUExecutionProvider"])
+def test_onnxruntime_matches_graph_module(tv_tome: Exported) -> None:
+    x = torch.randn(3, 3, 160, 160, generator=torch.Generator().manual_seed(3))  # batch 3: not the traced 2
+    session = ort.InferenceSession(str(tv_tome.path), providers=["CPUExecutionProvider"])
     got = session.run(None, {INPUT_NAME: x.numpy()})
     with torch.no_grad():
-        expected = deit_tome.gm(x)
-    assert len(got) == len(expected) == 13
+        expected = tv_tome.gm(x)
+    assert len(got) == len(expected) == 1 + DEPTH
     err = float(np.abs(got[0] - expected[0].numpy()).max())
     assert err <= LOGITS_ATOL, f"logits max abs error {err:.2e} > {LOGITS_ATOL}"
-    for name, ours, theirs in zip(output_names(deit_tome.gm)[1:], got[1:], expected[1:], strict=True):
+    for name, ours, theirs in zip(output_names(tv_tome.gm)[1:], got[1:], expected[1:], strict=True):
         assert ours.dtype == np.int64
         np.testing.assert_array_equal(ours, theirs.numpy(), err_msg=name)
 

@@ -8,6 +8,7 @@ EViT walk of the timm modules that handles P prefix tokens, LayerScale, qk-norm 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -33,7 +34,13 @@ VARIANTS = {
 
 
 def make(name: str, kwargs: dict):
-    model, spec, _, _ = create_model(name, weights="random", seed=0, depth=DEPTH, **kwargs)
+    """(model, spec), created once per variant (passes rewrite captured copies, never the model)."""
+    return _make(name, tuple(sorted(kwargs.items())))
+
+
+@functools.cache
+def _make(name: str, kwargs: tuple):
+    model, spec, _, _ = create_model(name, weights="random", seed=0, depth=DEPTH, **dict(kwargs))
     with torch.no_grad():  # spread attention so top-k has no float32 near-ties (see conftest)
         for blk in model.blocks:
             blk.attn.qkv.weight[: 2 * blk.attn.qkv.in_features] *= 4.0

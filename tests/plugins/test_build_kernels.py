@@ -3,7 +3,8 @@
 Builds the ``tokcompile_kernels`` target (libtokcompile_kernels.so: kernels + extern "C"
 launchers, no TensorRT) with CMake + Ninja + nvcc in the session build directory. Skipped when
 cmake, ninja or nvcc is missing. The build took 18-37 s on the shared 2-core machine (nvcc, 2 .cu
-files x 4 architectures), so the test is not marked slow.
+files x 4 architectures), a build of its own: the tests are marked slow (pytest -m slow; CI runs
+them).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import subprocess
 
 import pytest
 from plugin_build import DEFAULT_ARCHS, KERNELS_LIB, LAUNCHERS, CMakeBuild, bind_kernels
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from plugin_build import bind_kernels
 from tokcompile.ops.ats_sample import ats_sample_reference, sample_count
 from tokcompile.ops.evit_select import evit_select_reference, keep_count
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]  # slow: builds the kernels library (test_build_kernels.py)
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 MASK_CODES = {torch.bool: 3, torch.int32: 4}

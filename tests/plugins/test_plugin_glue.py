@@ -9,6 +9,7 @@ standard include path, else the build tests are skipped with the reason. Checks
     interfaces TensorRT hands to plugins drive field parsing, output types/shapes, formats,
     validation messages, serialization, error recorders, and static registration;
   - the YAML schemas (no build needed): parseable, attributes exactly the creators' fields.
+The tests that build (CMake, the plugin libraries: a build of its own) are marked slow.
 
 Locally: ``TensorRT_ROOT=/path/with/include python -m pytest tests/plugins/test_plugin_glue.py``.
 """
@@ -75,11 +76,13 @@ def _undefined_dynamic(path) -> set[str]:
     return {fields[-1].split("@")[0] for fields in _nm("-D", "--undefined-only", str(path))}
 
 
+@pytest.mark.slow
 def test_configured_with_the_headers(plugins: CMakeBuild) -> None:
     version = tensorrt_version(plugins.tensorrt_include)
     assert f"TensorRT {version} headers: {plugins.tensorrt_include}" in plugins.configure_log
 
 
+@pytest.mark.slow
 def test_dynamic_variant_exports_getcreators_only(plugins: CMakeBuild) -> None:
     lib = plugins.path(DYNAMIC_PLUGINS_LIB)
     assert _defined_dynamic(lib) == {"getCreators", "setLoggerFinder"}
@@ -88,12 +91,14 @@ def test_dynamic_variant_exports_getcreators_only(plugins: CMakeBuild) -> None:
     assert not {s for s in undefined if "PluginRegistry" in s or s.startswith(("nvinfer", "_ZN8nvinfer"))}
 
 
+@pytest.mark.slow
 def test_static_variant_registers_instead_of_exporting(plugins: CMakeBuild) -> None:
     lib = plugins.path(STATIC_PLUGINS_LIB)
     assert "getCreators" not in _defined_dynamic(lib)
     assert _defined_dynamic(lib) == set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lib", [STATIC_PLUGINS_LIB, DYNAMIC_PLUGINS_LIB])
 def test_both_variants_define_the_creators(plugins: CMakeBuild, lib: str) -> None:
     symbols = {
@@ -104,6 +109,7 @@ def test_both_variants_define_the_creators(plugins: CMakeBuild, lib: str) -> Non
         assert any(f"tokcompile::plugin::{name}Plugin::enqueue(" in s for s in symbols), (lib, name)
 
 
+@pytest.mark.slow
 def test_glue_check(plugins: CMakeBuild) -> None:
     result = subprocess.run(
         [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference_adavit import adavit_state, official_masked_adavit
+from reference_adavit import official_masked_adavit
 
 import tokcompile
 from tokcompile import TokcompileError
@@ -17,21 +17,15 @@ BATCH = 8
 
 
 @pytest.fixture(scope="module")
-def official(models, tmp_path_factory):
-    """(zoo model, official-format state, its .pth path): the DeiT backbone with query/key/value
-    split and decision heads, nested under ``model`` as the official training script saves it."""
-    model, _ = models("test_vit")
-    state = adavit_state(model)
-    path = tmp_path_factory.mktemp("adavit") / "ada_test_vit.pth"
-    torch.save({"model": state, "epoch": 1}, path)
-    return model, state, path
+def official(adavit_official):
+    """(zoo model, official-format state, its .pth path): ``bundle_fixtures.adavit_official``."""
+    return adavit_official
 
 
 @pytest.fixture(scope="module")
-def adavit_bundle(official, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "test_vit-adavit-fp32"
-    tokcompile.build("test_vit", method="adavit", weights=str(official[2]), output=out, buckets="32,64")
-    return out
+def adavit_bundle(method_bundle):
+    """The suite's shared AdaViT bundle: built from the official-format checkpoint, buckets 32,64."""
+    return method_bundle("adavit")
 
 
 def test_official_checkpoint_keys_map_to_timm(official):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bundle_fixtures import AVIT_BETA, AVIT_GAMMA
 from reference_avit import official_masked_avit
 
 import tokcompile
@@ -13,7 +14,8 @@ from tokcompile.methods import get_method, resolve_config
 from tokcompile.ops.compact_tokens import compact_tokens
 from tokcompile.runtime.staged import fit_tokens
 
-GAMMA, BETA = 10.0, 3.0  # random weights: channel 0 ~ N(0, 1), so tokens halt after a few blocks
+# random weights: channel 0 ~ N(0, 1), so tokens halt after a few blocks (the shared bundle's γ, β)
+GAMMA, BETA = AVIT_GAMMA, AVIT_BETA
 
 
 def test_compact_tokens_orders_kept_first():
@@ -34,8 +36,8 @@ def test_compact_tokens_orders_kept_first():
 
 
 @pytest.fixture(scope="module")
-def avit_bundle(bundle):
-    return bundle("test_vit", method="avit", gamma=GAMMA, beta=BETA, buckets="32,64")
+def avit_bundle(method_bundle):
+    return method_bundle("avit")
 
 
 def test_batch_equals_official_masked_form_and_each_image_alone(avit_bundle, models):
@@ -94,16 +96,11 @@ def test_avit_refuses_models_without_single_cls(models):
         resolve_config(get_method("avit"), spec, {"eps": 2.0})
 
 
-def test_warns_when_nothing_halts(checkpoint, tmp_path, caplog):
-    """DeiT-like weights with the released β: nothing halts, and the build says so."""
+def test_warns_when_nothing_halts(calibrated, caplog):
+    """DeiT-like weights with the released β: nothing halts, and the build's calibration step
+    (``calibrated``: no export before it) says so; the build copies its warnings into the manifest."""
     with caplog.at_level("WARNING", logger="tokcompile"):
-        result = tokcompile.build(
-            "test_vit",
-            method="avit",
-            weights=str(checkpoint("test_vit")),
-            output=tmp_path / "b",
-            beta=75.0,
-            buckets="64",
-        )
+        found, stages = calibrated("avit", buckets="64", beta=75.0)
+    assert len(stages) > 2 and all(b.min == b.max == 101 for b in found.tokens.boundaries)
     assert "no token was dropped" in caplog.text
-    assert any("no token was dropped" in w for w in result.manifest.tokens.warnings)
+    assert any("no token was dropped" in w for w in found.tokens.warnings)

@@ -49,8 +49,8 @@ def test_calib_errors_name_calib(test_vit, tmp_path):
         plan_calibration(spec, tmp_path, None, None, None)
 
 
-def test_random_calibration_is_flagged_in_manifest_and_report(bundle):
-    directory = bundle("test_vit", method="ats", buckets="40,60,80")  # built without --calib
+def test_random_calibration_is_flagged_in_manifest_and_report(method_bundle):
+    directory = method_bundle("ats")  # built without --calib
     manifest = json.loads((directory / "manifest.json").read_text())
     calibration = manifest["tokens"]["calibration"]
     assert calibration["source"] == "random" and calibration["images"] == _defaults.CALIB_RANDOM_IMAGES

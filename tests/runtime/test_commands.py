@@ -13,6 +13,7 @@ import pytest
 
 import tokcompile
 from tokcompile.manifest import EnginesRecord, Manifest
+from tokcompile.runtime.bundle import read_manifest
 from tokcompile.runtime.commands import (
     POLYGRAPHY_FLAGS,
     TENSORRT_RTX_FLAGS,
@@ -262,9 +263,12 @@ def test_report_of_a_tensorrt_bundle(tmp_path: Path) -> None:
 
 
 def test_report_of_an_onnx_bundle_with_plugin_nodes(bundle) -> None:
-    """ATS (auto: AtsSample routed to the plugin) on ONNX Runtime: the planned engine commands (not
-    built here) and how to load the library for TensorRT."""
-    directory = bundle("test_vit", method="ats", buckets="40,60,80", plugins="on")
+    """EViT with ``--plugins on`` (EvitSelect routed to the plugin) on ONNX Runtime: the manifest's
+    lowering record, the planned engine commands (not built here) and how to load the library for
+    TensorRT."""
+    directory = bundle("test_vit", method="evit", plugins="on")
+    lowering = read_manifest(directory).lowering
+    assert (lowering.plugins, lowering.plugin_nodes, lowering.native_nodes) == ("on", {"EvitSelect": 3}, {})
     text = (directory / "report.md").read_text()
     assert "## TensorRT engines" in text and "Not built here" in text
     assert "## Plugin library" in text and "`build/libtokcompile_plugins.so` (built by the root CMakeLists.txt)" in text
@@ -294,13 +298,13 @@ def test_every_polygraphy_flag_exists() -> None:
     assert {a for a in rtx if a.startswith("--")} <= set(TENSORRT_RTX_FLAGS)
 
 
-def test_polygraphy_command_runs_onnxruntime_side(bundle) -> None:
+def test_polygraphy_command_runs_onnxruntime_side(method_bundle) -> None:
     """The emitted command, minus the TensorRT runner and plugin (no TensorRT here), parses and
     runs ONNX Runtime on a real stage file at the profile's shapes with an all-valid mask."""
     exe = shutil.which("polygraphy")
     if exe is None:
         pytest.skip("the polygraphy command is not installed")
-    directory = bundle("test_vit", method="ats", buckets="40,60,80")
+    directory = method_bundle("ats")
     manifest = tokcompile.load(directory).manifest
     stage = manifest.stages[1]
     assert stage.inputs == ["gather_tokens", "valid_prefix", "sampled_ids"]

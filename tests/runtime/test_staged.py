@@ -15,12 +15,10 @@ from tokcompile import TokcompileError
 from tokcompile.runtime.bundle import read_manifest
 from tokcompile.runtime.staged import DispatchStats, fit_tokens
 
-BUCKETS = "40,60,80"
-
 
 @pytest.fixture(scope="module")
-def ats_bundle(bundle):
-    return bundle("test_vit", method="ats", buckets=BUCKETS)
+def ats_bundle(method_bundle):
+    return method_bundle("ats")
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

@@ -132,10 +132,10 @@ def test_adavit_skips_are_per_block_and_padding_is_never_a_patch():
     assert b.tolist() == [PRUNED, KEPT, KEPT, KEPT, PRUNED, PRUNED]  # never EARLIER
 
 
-def test_show_ats_bundle_labels_what_ats_does(bundle, tmp_path):
+def test_show_ats_bundle_labels_what_ats_does(method_bundle, tmp_path):
     from tokcompile.runtime.runner import load
 
-    directory = bundle("test_vit", method="ats", buckets="40,60,80")
+    directory = method_bundle("ats")
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (170, 200, 3), dtype=np.uint8)).save(image)
     result = show(directory, image, tmp_path)  # an existing folder: the figure goes inside it
