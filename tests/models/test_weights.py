@@ -96,7 +96,9 @@ def test_mismatching_checkpoint_names_keys(tmp_path):
     other, _, _, _ = create_model("deit_t", weights="random")
     path = tmp_path / "deit_t.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
-    with pytest.raises(TokcompileError, match=r"pos_embed \(checkpoint \(1, 197, 192\), model \(1, 101, 64\)\) has width 192"):
+    with pytest.raises(
+        TokcompileError, match=r"pos_embed \(checkpoint \(1, 197, 192\), model \(1, 101, 64\)\) has width 192"
+    ):
         create_model("test_vit", weights=str(path))
     partial = {k: v.contiguous() for k, v in create_model("test_vit", weights="random")[0].state_dict().items()}
     del partial["head.weight"]
