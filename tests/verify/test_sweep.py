@@ -9,14 +9,12 @@ from PIL import Image
 
 from tokcompile import TokcompileError
 from tokcompile.verify.evaluate import EvalResult
-from tokcompile.verify.sweep import (
+from tokcompile.verify.sweep import parse_values, point_name, validate
+from tokcompile.verify.sweep_results import (
     SweepPoint,
     SweepResult,
     pareto_front,
-    parse_values,
     plot_pareto,
-    point_name,
-    validate,
     write_csv,
     write_markdown,
 )
