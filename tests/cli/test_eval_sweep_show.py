@@ -36,6 +36,7 @@ def test_eval(capsys, bundle, images):
     assert out.strip().splitlines()[-1].startswith("PASSED")
 
 
+@pytest.mark.slow  # a server (or sweep) of its own
 def test_sweep_two_points(capsys, checkpoint, images, tmp_path):
     out_dir = tmp_path / "sw"
     argv = ["sweep", "test_vit", "--keep-rate", "0.5,0.7", "--weights", str(checkpoint("test_vit"))]

@@ -101,6 +101,7 @@ def test_concurrent_requests_equal_in_process(method: str, server, bundles, imag
     check_concurrent_requests(server, method, bundles[method], images)
 
 
+@pytest.mark.slow  # a server (or sweep) of its own
 def test_adavit_extra_dims_on_the_server(method_bundle, images: np.ndarray, tmp_path: Path) -> None:
     """AdaViT cuts its kept-head and MLP-row tensors to each batch's largest count (extra dims),
     which the old client-side stage loop lacked; served, it runs the in-process loop."""
