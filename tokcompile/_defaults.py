@@ -1,4 +1,5 @@
-"""Every default of tokcompile, in one place.
+"""Every default of tokcompile outside the methods, in one place (each method's own defaults are
+constants ``DEFAULT_*`` in ``methods/<name>.py``, so adding a method touches only its own files).
 
 Signatures take ``Optional[...] = None`` and resolve here, so the CLI, the Python API and the
 tests never repeat a literal default.
@@ -10,34 +11,6 @@ BACKEND = "onnxruntime"
 WEIGHTS = "auto"
 SEED = 0
 ONNX_OPSET = 18
-
-# EViT (methods-reference.md §1.1): drop_loc=(3, 6, 9) for 12 blocks, keep 0.7, fuse on.
-EVIT_KEEP_RATE = 0.7
-EVIT_LAYERS_12 = (3, 6, 9)
-EVIT_FUSE = True
-
-# ToMe (methods-reference.md §2.1): r=13 (README DeiT-S/Ti), proportional attention on; every
-# block merges unless --layers says otherwise.
-TOME_R = 13
-TOME_PROP_ATTN = True
-
-# ATS (methods-reference.md §3, official DeiT-S config): sampling in blocks 3..11 of 12 (the same
-# share of other depths), budget K = every token of the network input.
-ATS_FIRST_LAYER_12 = 3
-
-# A-ViT (methods-reference.md §4.1): γ, β of the released weights by timm name; other models get
-# AVIT_GAMMA_BETA_OTHER (the small setting). ε: halting threshold 1 − ε.
-AVIT_GAMMA_BETA = {"deit_tiny_patch16_224": (10.0, 30.0), "deit_small_patch16_224": (10.0, 75.0)}
-AVIT_GAMMA_BETA_OTHER = (10.0, 75.0)
-AVIT_EPS = 0.01
-
-# AdaViT (methods-reference.md §5.1): sigmoid thresholds; head/layer gates from block 1 on. The
-# decision heads are drawn from ADAVIT_HEADS_SEED when the checkpoint has none.
-ADAVIT_TOKEN_THRESHOLD = 0.6
-ADAVIT_HEAD_THRESHOLD = 0.5
-ADAVIT_LAYER_THRESHOLD = 0.5
-ADAVIT_KEEP_LAYERS = 1
-ADAVIT_HEADS_SEED = SEED
 
 # eval
 EVAL_BATCH = 16

@@ -14,9 +14,8 @@ import sys
 
 import pytest
 
-from tokcompile import _defaults
 from tokcompile.errors import TokcompileError
-from tokcompile.methods import METHODS, get_method, resolve_config
+from tokcompile.methods import METHODS, adavit, avit, evit, get_method, resolve_config, tome
 from tokcompile.methods.adavit import AdavitConfig
 from tokcompile.methods.avit import AvitConfig
 from tokcompile.methods.evit import EvitConfig
@@ -75,15 +74,15 @@ def test_todays_flags_are_all_declared() -> None:
 
 def test_defaults_are_shown_from_defaults() -> None:
     shown = {(name, opt.name): opt.default for name, m in METHODS.items() for opt in m.options}
-    assert shown["evit", "keep_rate"] == str(_defaults.EVIT_KEEP_RATE)
-    assert shown["evit", "layers"].startswith(",".join(map(str, _defaults.EVIT_LAYERS_12)))
-    assert shown["evit", "fuse"] == ("on" if _defaults.EVIT_FUSE else "off")
-    assert shown["tome", "r"] == str(_defaults.TOME_R)
-    assert shown["avit", "eps"] == str(_defaults.AVIT_EPS)
-    assert str(int(_defaults.AVIT_GAMMA_BETA["deit_tiny_patch16_224"][1])) in shown["avit", "beta"]
-    assert shown["adavit", "token_threshold"] == str(_defaults.ADAVIT_TOKEN_THRESHOLD)
-    assert shown["adavit", "keep_layers"] == str(_defaults.ADAVIT_KEEP_LAYERS)
-    assert shown["adavit", "heads_seed"] == str(_defaults.ADAVIT_HEADS_SEED)
+    assert shown["evit", "keep_rate"] == str(evit.DEFAULT_KEEP_RATE)
+    assert shown["evit", "layers"].startswith(",".join(map(str, evit.DEFAULT_LAYERS_12)))
+    assert shown["evit", "fuse"] == ("on" if evit.DEFAULT_FUSE else "off")
+    assert shown["tome", "r"] == str(tome.DEFAULT_R)
+    assert shown["avit", "eps"] == str(avit.DEFAULT_EPS)
+    assert str(int(avit.DEFAULT_GAMMA_BETA["deit_tiny_patch16_224"][1])) in shown["avit", "beta"]
+    assert shown["adavit", "token_threshold"] == str(adavit.DEFAULT_TOKEN_THRESHOLD)
+    assert shown["adavit", "keep_layers"] == str(adavit.DEFAULT_KEEP_LAYERS)
+    assert shown["adavit", "heads_seed"] == str(adavit.DEFAULT_HEADS_SEED)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +94,7 @@ def test_defaults_are_shown_from_defaults() -> None:
         (
             "adavit",
             ["--token-threshold", "0.7", "--head-threshold", "0.4", "--keep-layers", "2", "--heads-seed", "9"],
-            AdavitConfig(0.7, 0.4, _defaults.ADAVIT_LAYER_THRESHOLD, 2, 9),
+            AdavitConfig(0.7, 0.4, adavit.DEFAULT_LAYER_THRESHOLD, 2, 9),
         ),
     ],
 )

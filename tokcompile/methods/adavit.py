@@ -24,6 +24,14 @@ from ..errors import TokcompileError
 from .legend import Legend
 from .options import Option, number
 
+# AdaViT (methods-reference.md §5.1): sigmoid thresholds; head/layer gates from block 1 on. The
+# decision heads are drawn from DEFAULT_HEADS_SEED when the checkpoint has none.
+DEFAULT_TOKEN_THRESHOLD = 0.6
+DEFAULT_HEAD_THRESHOLD = 0.5
+DEFAULT_LAYER_THRESHOLD = 0.5
+DEFAULT_KEEP_LAYERS = 1
+DEFAULT_HEADS_SEED = _defaults.SEED
+
 if TYPE_CHECKING:
     import torch
 
@@ -88,26 +96,20 @@ class AdavitConfig:
                 f"method 'adavit' reads its decisions from the CLS token; '{spec.name}' needs exactly one prefix "
                 f"token, a CLS token (has {spec.num_prefix_tokens}, class token {spec.has_class_token})"
             )
-        keep = _defaults.ADAVIT_KEEP_LAYERS if keep_layers is None else int(keep_layers)
+        keep = DEFAULT_KEEP_LAYERS if keep_layers is None else int(keep_layers)
         if not 0 <= keep <= spec.depth:
             raise TokcompileError(f"--keep-layers must be in [0, {spec.depth}], got {keep}")
         given = heads_seed if heads_seed is not None else seed
         try:
-            heads = _defaults.ADAVIT_HEADS_SEED if given is None else int(given)
+            heads = DEFAULT_HEADS_SEED if given is None else int(given)
         except (TypeError, ValueError):
             raise TokcompileError(f"--heads-seed must be an integer, got {given!r}") from None
         if not 0 <= heads < 2**64:  # torch.Generator's seed range
             raise TokcompileError(f"--heads-seed must be in [0, 2**64), got {heads}")
         return cls(
-            _probability(
-                "token_threshold", _defaults.ADAVIT_TOKEN_THRESHOLD if token_threshold is None else token_threshold
-            ),
-            _probability(
-                "head_threshold", _defaults.ADAVIT_HEAD_THRESHOLD if head_threshold is None else head_threshold
-            ),
-            _probability(
-                "layer_threshold", _defaults.ADAVIT_LAYER_THRESHOLD if layer_threshold is None else layer_threshold
-            ),
+            _probability("token_threshold", DEFAULT_TOKEN_THRESHOLD if token_threshold is None else token_threshold),
+            _probability("head_threshold", DEFAULT_HEAD_THRESHOLD if head_threshold is None else head_threshold),
+            _probability("layer_threshold", DEFAULT_LAYER_THRESHOLD if layer_threshold is None else layer_threshold),
             keep,
             heads,
         )
@@ -202,31 +204,31 @@ OPTIONS = (
     Option(
         "token_threshold",
         "keep a token when its sigmoid > this, in (0, 1)",
-        number(_defaults.ADAVIT_TOKEN_THRESHOLD),
+        number(DEFAULT_TOKEN_THRESHOLD),
         float,
     ),
     Option(
         "head_threshold",
         "keep a head when its sigmoid > this, in (0, 1)",
-        number(_defaults.ADAVIT_HEAD_THRESHOLD),
+        number(DEFAULT_HEAD_THRESHOLD),
         float,
     ),
     Option(
         "layer_threshold",
         "run a sub-layer when its sigmoid > this, in (0, 1)",
-        number(_defaults.ADAVIT_LAYER_THRESHOLD),
+        number(DEFAULT_LAYER_THRESHOLD),
         float,
     ),
     Option(
         "keep_layers",
         "blocks before this one have no head/sub-layer gates",
-        str(_defaults.ADAVIT_KEEP_LAYERS),
+        str(DEFAULT_KEEP_LAYERS),
         int,
     ),
     Option(
         "heads_seed",
         "seed of the random decision heads drawn when the checkpoint has none (not the weights' --seed)",
-        str(_defaults.ADAVIT_HEADS_SEED),
+        str(DEFAULT_HEADS_SEED),
         int,
     ),
 )

@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .. import _defaults
 from ..errors import TokcompileError
 from .layers import LayersSpec, parse_layers
 from .legend import Legend
 from .options import Option
+
+# ATS (methods-reference.md §3, official DeiT-S config): sampling in blocks 3..11 of 12 (the same
+# share of other depths), budget K = every token of the network input.
+DEFAULT_FIRST_LAYER_12 = 3
 
 if TYPE_CHECKING:
     from ..models import ModelSpec
@@ -31,7 +34,7 @@ def pipeline() -> tuple[Pass, ...]:
 
 def default_layers(depth: int) -> tuple[int, ...]:
     """Blocks 3..11 for 12 blocks: from a quarter of the depth to the end."""
-    return tuple(range(round(_defaults.ATS_FIRST_LAYER_12 * depth / 12), depth))
+    return tuple(range(round(DEFAULT_FIRST_LAYER_12 * depth / 12), depth))
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ OPTIONS = (
     Option(
         "layers",
         "0-based blocks that sample, e.g. 3,4,5",
-        f"{_defaults.ATS_FIRST_LAYER_12}..11 of 12 blocks, scaled to depth",
+        f"{DEFAULT_FIRST_LAYER_12}..11 of 12 blocks, scaled to depth",
         metavar="BLOCKS",
     ),
     Option("max_tokens", "budget K per ATS block (CLS included), one value or a list", "all tokens", metavar="K"),

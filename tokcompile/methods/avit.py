@@ -12,10 +12,15 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .. import _defaults
 from ..errors import TokcompileError
 from .legend import Legend
 from .options import Option, number
+
+# A-ViT (methods-reference.md §4.1): γ, β of the released weights by timm name; other models get
+# DEFAULT_GAMMA_BETA_OTHER (the small setting). ε: halting threshold 1 − ε.
+DEFAULT_GAMMA_BETA = {"deit_tiny_patch16_224": (10.0, 30.0), "deit_small_patch16_224": (10.0, 75.0)}
+DEFAULT_GAMMA_BETA_OTHER = (10.0, 75.0)
+DEFAULT_EPS = 0.01
 
 if TYPE_CHECKING:
     from ..models import ModelSpec
@@ -32,14 +37,14 @@ def pipeline() -> tuple[Pass, ...]:
 
 def gamma_beta(timm_name: str) -> tuple[float, float]:
     """(γ, β) of the released weights for ``timm_name``; the small setting for other models."""
-    return _defaults.AVIT_GAMMA_BETA.get(timm_name, _defaults.AVIT_GAMMA_BETA_OTHER)
+    return DEFAULT_GAMMA_BETA.get(timm_name, DEFAULT_GAMMA_BETA_OTHER)
 
 
 @dataclass(frozen=True)
 class AvitConfig:
     gamma: float
     beta: float
-    eps: float = _defaults.AVIT_EPS
+    eps: float = DEFAULT_EPS
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -55,7 +60,7 @@ class AvitConfig:
                 f"prefix token, a CLS token (has {spec.num_prefix_tokens}, class token {spec.has_class_token})"
             )
         g, b = gamma_beta(spec.name)
-        eps = _defaults.AVIT_EPS if eps is None else float(eps)
+        eps = DEFAULT_EPS if eps is None else float(eps)
         if not 0.0 < eps < 1.0:
             raise TokcompileError(f"--eps must be in (0, 1), got {eps}")
         gamma, beta = float(g if gamma is None else gamma), float(b if beta is None else beta)
@@ -72,8 +77,8 @@ class AvitConfig:
 
 def _per_model(index: int) -> str:
     """The default of γ (index 0) or β (1) as shown: one number, or per released model."""
-    released = {name: values[index] for name, values in _defaults.AVIT_GAMMA_BETA.items()}
-    other = _defaults.AVIT_GAMMA_BETA_OTHER[index]
+    released = {name: values[index] for name, values in DEFAULT_GAMMA_BETA.items()}
+    other = DEFAULT_GAMMA_BETA_OTHER[index]
     if all(v == other for v in released.values()):
         return number(other)
     listed = ", ".join(f"{name} {number(v)}" for name, v in released.items())
@@ -86,7 +91,7 @@ OPTIONS = (
     Option(
         "eps",
         "a token halts once its cumulative halting score reaches 1 − ε; in (0, 1)",
-        number(_defaults.AVIT_EPS),
+        number(DEFAULT_EPS),
         float,
     ),
 )

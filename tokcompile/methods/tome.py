@@ -23,10 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .. import _defaults
 from ..errors import TokcompileError
 from .layers import LayersSpec, parse_layers
 from .options import Option, on_off
+
+# ToMe (methods-reference.md §2.1): r=13 (README DeiT-S/Ti), proportional attention on; every
+# block merges unless --layers says otherwise.
+DEFAULT_R = 13
+DEFAULT_PROP_ATTN = True
 
 if TYPE_CHECKING:
     from ..models import ModelSpec
@@ -137,7 +141,7 @@ class TomeConfig:
         prop_attn: Optional[bool] = None,
     ) -> TomeConfig:
         """Fill defaults, cap r per block and validate; raises TokcompileError on bad values."""
-        requested = merge_schedule(_defaults.TOME_R if r is None else r, spec.depth)
+        requested = merge_schedule(DEFAULT_R if r is None else r, spec.depth)
         chosen = tuple(range(spec.depth)) if layers is None else parse_layers(layers, spec.depth)
         schedule, capped, t = [], [], spec.num_tokens
         for block, want in enumerate(requested):
@@ -153,7 +157,7 @@ class TomeConfig:
                 len(capped),
                 "; ".join(capped),
             )
-        return cls(tuple(schedule), chosen, _defaults.TOME_PROP_ATTN if prop_attn is None else bool(prop_attn))
+        return cls(tuple(schedule), chosen, DEFAULT_PROP_ATTN if prop_attn is None else bool(prop_attn))
 
     def params(self) -> dict[str, Any]:
         return {"r": list(self.r), "layers": list(self.layers), "prop_attn": self.prop_attn}
@@ -163,9 +167,9 @@ OPTIONS = (
     Option(
         "r",
         "tokens merged per block: 13 (every block), 13,13,8 (per block) or 16:-1 (r:inflection schedule)",
-        str(_defaults.TOME_R),
+        str(DEFAULT_R),
         metavar="R",
     ),
     Option("layers", "0-based blocks that merge, e.g. 0,1,2 (the others have r = 0)", "all blocks", metavar="BLOCKS"),
-    Option("prop_attn", "proportional attention, log(size) key bias", on_off(_defaults.TOME_PROP_ATTN), boolean=True),
+    Option("prop_attn", "proportional attention, log(size) key bias", on_off(DEFAULT_PROP_ATTN), boolean=True),
 )
