@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .padded_tokens import broadcast_rows, key_padding_bias, positions
+from .padded_tokens import gather_tokens, key_padding_bias, positions
 
 # The decisions of a block, in adavit_decide's output order.
 DECISIONS = ("tokens", "heads", "layers")
@@ -95,15 +95,11 @@ def kept_rows(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, rows, -1)
 
 
-def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, broadcast_rows(rows, x.shape[2]))
-
-
 def _add_back(x: torch.Tensor, update: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """x [B, N, C] + update [B, T, C] at the rows ``position`` [B, N] points to (-1: no update)."""
     B, T, C = update.shape
     padded = torch.cat([update, update.new_zeros(B, 1, C)], dim=1)  # row T: zeros for skipped tokens
-    return x + _gather_rows(padded, torch.where(position < 0, T, position)).to(x.dtype)
+    return x + gather_tokens(padded, torch.where(position < 0, T, position)).to(x.dtype)
 
 
 def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -137,7 +133,7 @@ def adavit_attention(
     B, N, C = x.shape
     T = rows.shape[1]
     hd = C // num_heads
-    h = _norm(_gather_rows(x, rows), norm_w, norm_b, eps)
+    h = _norm(gather_tokens(x, rows), norm_w, norm_b, eps)
     qkv_b = qkv_b if qkv_b is not None else qkv_w.new_zeros(3 * C)
     bias = key_padding_bias(valid, h)
     if heads is None or head_valid is None:
@@ -181,7 +177,7 @@ def adavit_mlp(
     channels of dropped heads (methods-reference §5, ada_head_v2=False)."""
     B, N, C = x.shape
     H = heads.shape[1]
-    h = _norm(_gather_rows(x, rows), norm_w, norm_b, eps)
+    h = _norm(gather_tokens(x, rows), norm_w, norm_b, eps)
     channels = (heads[:, :, None] & torch.ones(1, 1, C // H, dtype=torch.bool, device=heads.device)).reshape(B, 1, C)
     out = F.linear(F.gelu(F.linear(h * channels.to(h.dtype), fc1_w, fc1_b)), fc2_w, fc2_b)
     gate = (valid & layers[:, 1:2]).to(out.dtype)[..., None]
