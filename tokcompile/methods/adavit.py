@@ -159,14 +159,12 @@ def prepare_state(
     """
     import torch
 
-    from ..ops.adavit_block import DECISIONS, decision_outputs
-    from ..passes.insert_adavit_gates import decision_head_name, gated
+    from ..ops.adavit_block import decision_outputs
+    from ..passes.insert_adavit_gates import block_decisions, decision_head_name
 
     shapes = decision_outputs(spec.num_heads)
     dim, keep_layers = spec.embed_dim, config.keep_layers
-    wanted = [
-        (blk, kind) for blk in range(spec.depth) for kind in DECISIONS if kind == "tokens" or gated(blk, keep_layers)
-    ]
+    wanted = [(blk, kind) for blk in range(spec.depth) for kind in block_decisions(blk, keep_layers)]
     out: dict[str, torch.Tensor] = {}
     if any(_is_head_key(k) for k in state):
         for blk, kind in wanted:

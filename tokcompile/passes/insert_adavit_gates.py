@@ -88,6 +88,11 @@ def gated(block: int, keep_layers: int) -> bool:
     return block >= keep_layers
 
 
+def block_decisions(block: int, keep_layers: int) -> tuple[str, ...]:
+    """The decision heads ``block`` has: all ``DECISIONS`` when ``gated``, else tokens only."""
+    return DECISIONS if gated(block, keep_layers) else (TOKENS,)
+
+
 def insert_adavit_gates(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     cfg = ctx.config
     if token_op_nodes(gm):
@@ -99,8 +104,7 @@ def insert_adavit_gates(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     needed = [
         decision_head_name(b.index, kind, part)
         for b in blocks
-        for kind in DECISIONS
-        if kind == TOKENS or gated(b.index, cfg.keep_layers)
+        for kind in block_decisions(b.index, cfg.keep_layers)
         for part in ("weight", "bias")
     ]
     missing = [name for name in needed if name not in ctx.method_state]
