@@ -1,4 +1,5 @@
-"""``--layers``: the blocks a method acts on, shared by every method that takes them."""
+"""``--layers``: the blocks a method acts on, shared by every method that takes them; ``integer``:
+the int parsing of option values (``--layers``, ToMe's ``--r``)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,17 @@ def parse_layers(value: LayersSpec, depth: int) -> tuple[int, ...]:
 def block_index(value: Any, depth: int) -> int:
     """One block index in [0, depth); bools and floats are refused (1.5 is no block)."""
     try:
-        if isinstance(value, (bool, float)):
-            raise ValueError
-        index = int(value.strip() if isinstance(value, str) else value)
+        index = integer(value)
     except (TypeError, ValueError):
         raise TokcompileError(f"--layers must be integers (0-based block indices), got '{value}'") from None
     if not 0 <= index < depth:
         raise TokcompileError(f"--layers: block {index} is out of range; this model has blocks 0..{depth - 1}")
     return index
+
+
+def integer(value: Any) -> int:
+    """An int from an int or int text (surrounding spaces allowed); ValueError for a bool or a
+    float (1.5 is no count), ValueError or TypeError for anything else ``int()`` refuses."""
+    if isinstance(value, (bool, float)):
+        raise ValueError
+    return int(value.strip() if isinstance(value, str) else value)

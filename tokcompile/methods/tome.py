@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..errors import TokcompileError
-from .layers import LayersSpec, parse_layers
+from .layers import LayersSpec, integer, parse_layers
 from .options import Option, on_off
 
 # ToMe (methods-reference.md §2.1): r=13 (README DeiT-S/Ti), proportional attention on; every
@@ -60,20 +60,14 @@ def parse_r_text(text: str) -> Union[int, list[int], tuple[int, float]]:
             parts = re.split(r"[:,]", s.strip("()"))
             if len(parts) != 2:
                 raise ValueError
-            return (_integer(parts[0]), float(parts[1]))
+            return (integer(parts[0]), float(parts[1]))
         if "," in s or s.startswith("["):
-            return [_integer(p) for p in s.strip("[]").split(",") if p.strip()]
-        return _integer(s)
+            return [integer(p) for p in s.strip("[]").split(",") if p.strip()]
+        return integer(s)
     except ValueError:
         raise TokcompileError(
             f"--r must be an int (13), a per-block list (13,13,8) or a schedule r:inflection (16:-1), got '{text}'"
         ) from None
-
-
-def _integer(text: Any) -> int:
-    if isinstance(text, bool) or isinstance(text, float):
-        raise ValueError
-    return int(text.strip() if isinstance(text, str) else text)
 
 
 def merge_schedule(r: RSpec, depth: int) -> list[int]:
@@ -87,12 +81,12 @@ def merge_schedule(r: RSpec, depth: int) -> list[int]:
         if len(value) != 2:
             raise TokcompileError(f"--r schedule must be (r, inflection), got {value}")
         try:
-            base, inflect = _integer(value[0]), float(value[1])
+            base, inflect = integer(value[0]), float(value[1])
         except (TypeError, ValueError):
             raise TokcompileError(f"--r schedule must be (int r, float inflection), got {value}") from None
     elif isinstance(value, (list, Sequence)) and not isinstance(value, (str, bytes)):
         try:
-            values = [_integer(v) for v in value]
+            values = [integer(v) for v in value]
         except (TypeError, ValueError):
             raise TokcompileError(f"--r list must hold integers, got {list(value)}") from None
         if len(values) > depth:
@@ -100,7 +94,7 @@ def merge_schedule(r: RSpec, depth: int) -> list[int]:
         return _non_negative(values + [0] * (depth - len(values)), r)
     else:
         try:
-            base, inflect = _integer(value), 0.0
+            base, inflect = integer(value), 0.0
         except (TypeError, ValueError):
             raise TokcompileError(f"--r must be an integer, got {value!r}") from None
     lo = int(base * (1.0 - inflect))
