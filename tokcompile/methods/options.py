@@ -21,14 +21,13 @@ class Option:
     help: str  # what it does, without the default (the CLI appends it)
     default: str  # the default as shown, from _defaults (e.g. "0.7", "3,6,9 scaled to depth", "per model: ...")
     type: Callable[[str], Any] = str  # CLI text → value passed to resolve (e.g. float, int, str)
-    flag: Optional[str] = None  # default "--" + name.replace("_", "-")
     boolean: bool = False  # --x / --no-x (argparse.BooleanOptionalAction); type ignored
     metavar: Optional[str] = None
 
     @property
     def option_string(self) -> str:
-        """The flag on the command line: ``flag``, else ``--`` + the name with dashes."""
-        return self.flag if self.flag is not None else "--" + self.name.replace("_", "-")
+        """The flag on the command line: ``--`` + the name with dashes."""
+        return "--" + self.name.replace("_", "-")
 
 
 def on_off(value: bool) -> str:
