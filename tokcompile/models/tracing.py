@@ -86,7 +86,7 @@ class BlockNodes:
         return self.sdpa.args[1]  # type: ignore[return-value]
 
 
-def _module_path(node: fx.Node, depth_from_leaf: int = 0) -> str:
+def module_path(node: fx.Node, depth_from_leaf: int = 0) -> str:
     stack = list(node.meta.get("nn_module_stack", {}).keys())
     if len(stack) <= depth_from_leaf:
         return ""
@@ -164,7 +164,7 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockNodes]:
         attn_res = _first_add_user(node, order)
         mlp_res = _first_add_user(attn_res, order) if attn_res is not None else None
         # The residual add lives in the block's own scope; the SDPA may sit in a submodule.
-        block_path = _module_path(attn_res) if attn_res is not None else _module_path(node)
+        block_path = module_path(attn_res) if attn_res is not None else module_path(node)
         next_sdpa = order[sdpas[i + 1]] if i + 1 < len(sdpas) else len(nodes)
         if (
             attn_res is None

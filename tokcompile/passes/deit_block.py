@@ -13,14 +13,14 @@ never matched (passes/README.md invariant 5); they only name what was found in m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Union
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
 from ..errors import TokcompileError
-from ..models.tracing import BlockNodes
+from ..models.tracing import BlockNodes, module_path
 
 SUPPORTED = "(no qk-norm, LayerScale or extra norms)"
 IDENTITY_MODULES = (torch.nn.Identity, torch.nn.Dropout)  # what a DeiT block may call besides its own
@@ -53,18 +53,16 @@ def _is_layer_norm(node: Any) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target is F.layer_norm
 
 
-def _block_nodes(block: BlockNodes, x: fx.Node) -> list[fx.Node]:
-    """Every node the block output depends on after its input ``x`` (parameters included), in
-    graph order."""
+def _ancestors(node: fx.Node, stop: Optional[fx.Node] = None) -> list[fx.Node]:
+    """Nodes ``node`` depends on, in graph order, not looking past ``stop`` (excluded)."""
     seen: set[fx.Node] = set()
-    stack = [block.mlp_residual]
+    stack = list(node.all_input_nodes)
     while stack:
-        node = stack.pop()
-        if node in seen or node is x:
-            continue
-        seen.add(node)
-        stack.extend(node.all_input_nodes)
-    return [n for n in x.graph.nodes if n in seen]
+        n = stack.pop()
+        if n not in seen and n is not stop:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return [n for n in node.graph.nodes if n in seen]
 
 
 def _between(nodes: list[fx.Node], start: fx.Node, end: fx.Node) -> list[fx.Node]:
@@ -80,8 +78,13 @@ def _between(nodes: list[fx.Node], start: fx.Node, end: fx.Node) -> list[fx.Node
     return [n for n in nodes if n in after and n in before and n is not start and n is not end]
 
 
+def _calls(gm: fx.GraphModule, node: fx.Node, kind: Union[type, tuple[type, ...]]) -> bool:
+    """Whether ``node`` calls a submodule that is a ``kind``."""
+    return node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), kind)
+
+
 def _modules(gm: fx.GraphModule, nodes: list[fx.Node], kind: type) -> list[fx.Node]:
-    return [n for n in nodes if n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), kind)]
+    return [n for n in nodes if _calls(gm, n, kind)]
 
 
 def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
@@ -94,14 +97,14 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
     )
     # q, k, v come from one Linear (qkv) whose input is a LayerNorm of the block input, which is
     # also the attention residual's skip operand (a pre-norm block).
-    qkv_node = next((n for n in reversed(_ancestors(block.sdpa)) if _is_linear(gm, n)), None)
+    qkv_node = next((n for n in reversed(_ancestors(block.sdpa)) if _calls(gm, n, torch.nn.Linear)), None)
     if qkv_node is None or not _is_layer_norm(qkv_node.args[0]):
         raise not_deit
     ln1: Any = qkv_node.args[0]
     x = _layer_norm_args(ln1)[0]
     if x not in block.attn_residual.args[:2]:
         raise not_deit
-    nodes = _block_nodes(block, x)
+    nodes = [*_ancestors(block.mlp_residual, stop=x), block.mlp_residual]  # the block after x, in graph order
     attn_out = _between(nodes, block.sdpa, block.attn_residual)
     mlp = _between(nodes, block.attn_residual, block.mlp_residual)
     proj, linears = _modules(gm, attn_out, torch.nn.Linear), _modules(gm, mlp, torch.nn.Linear)
@@ -122,14 +125,14 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
     for node in nodes:
         extra_norm = _is_layer_norm(node) and node not in (ln1, ln2)
         if (node.op == "get_attr" and node not in norm_params) or extra_norm:
-            target = str(node.target) if node.op == "get_attr" else _path(node)
+            target = str(node.target) if node.op == "get_attr" else module_path(node) or node.name
             owner = target.rpartition(".")[0] if node.op == "get_attr" else target
             what = f"a layer with parameter '{target}'" if node.op == "get_attr" else "a LayerNorm"
             raise TokcompileError(
                 f"method '{method}' supports DeiT blocks as its official code defines them; '{owner}' is "
                 f"{what} {SUPPORTED}"
             )
-    acts = [n for n in _between(nodes, fc1, fc2) if n.op == "call_module" and not _is_identity(gm, n)]
+    acts = [n for n in _between(nodes, fc1, fc2) if n.op == "call_module" and not _calls(gm, n, IDENTITY_MODULES)]
     act = gm.get_submodule(str(acts[0].target)) if len(acts) == 1 else None
     if not (isinstance(act, torch.nn.GELU) and act.approximate == "none"):
         name = acts[0].target if acts else f"{where} MLP activation"
@@ -137,7 +140,11 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
             f"method '{method}' needs the exact GELU MLP of DeiT; '{name}' is {act if act is not None else 'missing'}"
         )
     for node in nodes:
-        if node.op == "call_module" and node not in (qkv_node, *proj, fc1, fc2, *acts) and not _is_identity(gm, node):
+        if (
+            node.op == "call_module"
+            and node not in (qkv_node, *proj, fc1, fc2, *acts)
+            and not _calls(gm, node, IDENTITY_MODULES)
+        ):
             module = gm.get_submodule(str(node.target))
             raise TokcompileError(
                 f"method '{method}' supports DeiT blocks as its official code defines them; '{node.target}' is "
@@ -152,28 +159,3 @@ def deit_block(gm: fx.GraphModule, block: BlockNodes, method: str) -> DeitBlock:
         str(fc1.target),
         str(fc2.target),
     )
-
-
-def _ancestors(node: fx.Node) -> list[fx.Node]:
-    """Nodes ``node`` depends on, in graph order."""
-    seen: set[fx.Node] = set()
-    stack = list(node.all_input_nodes)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-    return [n for n in node.graph.nodes if n in seen]
-
-
-def _is_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), torch.nn.Linear)
-
-
-def _is_identity(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), IDENTITY_MODULES)
-
-
-def _path(node: fx.Node) -> str:
-    stack = list(node.meta.get("nn_module_stack", {}))
-    return stack[-1] if stack else node.name
