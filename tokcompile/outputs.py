@@ -265,22 +265,30 @@ def publish(tmp: Path, final: Path) -> None:
         raise os_error(exc, "publish", final) from None
 
 
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` into a new temporary sibling of ``path``, then rename it to ``path`` (the
+    user's umask applied), so ``path`` is never half-written. The temporary is removed when
+    anything fails; errors propagate as they are."""
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-{os.getpid()}-", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        tmp.chmod(0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_file(path: Union[str, Path], data: Union[bytes, str], force: bool, flag: str = "-o") -> Path:
     """Write one output file atomically; an existing file needs ``force``, a folder is refused."""
     path = Path(path)
     check_file(path, force, flag)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-{os.getpid()}-", dir=path.parent)
-        tmp = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data.encode() if isinstance(data, str) else data)
-            tmp.chmod(0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        replace_atomically(path, lambda tmp: tmp.write_bytes(data.encode() if isinstance(data, str) else data))
     except OSError as exc:
         raise os_error(exc, f"write {flag}", path) from None
     return path

@@ -44,11 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> bool:
-    from ..runtime.bench import bench, check_batches, ratio, record
+    from ..runtime.bench import bench, ratio, record
 
     batches = int_list(args.batch, "--batch") if args.batch else None
-    if batches is not None:
-        check_batches(batches)
     report = bench(
         args.bundle,
         batches=batches,

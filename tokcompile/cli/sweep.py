@@ -84,6 +84,7 @@ def method_param(method: str | None, text: str) -> tuple[str, list]:
 def run(args: argparse.Namespace) -> bool:
     from ..api import build
     from ..verify.sweep import parse_values, sweep
+    from ..verify.sweep_results import caveat_lines
 
     if args.keep_rate is not None:
         param, values = "keep_rate", parse_values(args.keep_rate, "--keep-rate", "rate")
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> bool:
             f"{pct[0]:>7} {pct[1]:>7} {cos[0]:>7} {cos[1]:>7} {row['images_per_s']:>8.1f} "
             f"{row['speedup']:>7.2f}x  {'*' if row['pareto'] else ''}"
         )
-    for note in sorted({n for p in [*result.points, *result.baselines] for n in p.result.notes if "RANDOM" in n}):
+    for note in caveat_lines(result):
         print(note)
     for path in result.files:
         print(f"wrote {path}")

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 EIGHT_BIT, SIXTEEN_BIT = 255, 65535
+T = TypeVar("T")
 
 
 def list_images(directory: Path | str, flag: str = "--images") -> list[Path]:
@@ -45,7 +46,7 @@ def list_images(directory: Path | str, flag: str = "--images") -> list[Path]:
     return files
 
 
-def spread(files: Sequence[Path], limit: Optional[int], flag: str = "--limit") -> list[Path]:
+def spread(files: Sequence[T], limit: Optional[int], flag: str = "--limit") -> list[T]:
     """At most ``limit`` of ``files``, evenly spaced over the sorted list (deterministic).
 
     Sorted class folders (``n014.../``) or WordNet-id file names put one class after another, so

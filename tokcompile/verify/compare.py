@@ -48,7 +48,7 @@ from ..passes.graph_outputs import named_outputs
 from ..passes.names import COUNT, FEATURES, LOGITS, MERGE_MAP, SELECTION_KINDS, is_kind
 from ..runtime.bundle import read_manifest
 from ..runtime.caveats import caveats, tagged
-from .evaluate import bars_and_logs, cosine, progress_bar, random_batches
+from .evaluate import bars_and_logs, check_batch, cosine, progress_bar, random_batches, resolve_reference
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,6 @@ class TorchRunner(BaseRunner):
             (n, o.detach().float().numpy() if o.is_floating_point() else o.numpy())
             for n, o in zip(self.output_names, outputs)
         )
-
-
-REFERENCES = ("fp32", "same")
 
 
 @dataclass
@@ -275,8 +272,7 @@ def _rows(results: Any, keep: np.ndarray, name: str) -> Any:
 
 
 def _check_options(batch: int, samples: Optional[int], atol: Optional[float], min_agreement: Optional[float]) -> None:
-    if not 1 <= batch <= _defaults.MAX_BATCH:
-        raise TokcompileError(f"--batch must be between 1 and {_defaults.MAX_BATCH}, got {batch}")
+    check_batch(batch)
     if samples is not None and samples < 1:
         raise TokcompileError(f"--samples must be a positive integer, got {samples}")
     if atol is not None and not (math.isfinite(atol) and atol >= 0):
@@ -320,11 +316,7 @@ def compare(
     unavailable = built.unavailable(manifest)
     backend = built if unavailable is None else get_backend(REFERENCE)
     precision = stage.onnxruntime_precision if backend.name == REFERENCE else manifest.precision
-    if reference is None:
-        reference = _defaults.COMPARE_REFERENCE if manifest.precision != "fp32" else "same"
-    if reference not in REFERENCES:
-        raise TokcompileError(f"--reference must be one of {', '.join(REFERENCES)}, got '{reference}'")
-    reference_precision = "fp32" if reference == "fp32" else precision
+    reference, reference_precision = resolve_reference(reference, manifest.precision, precision)
     atol = atol if atol is not None else _defaults.COMPARE_ATOL[precision]
     min_agreement = min_agreement if min_agreement is not None else _defaults.COMPARE_MIN_AGREEMENT[precision]
     gm, spec, info = rebuild(manifest, precision=reference_precision, weights=weights)

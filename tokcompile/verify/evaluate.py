@@ -245,6 +245,24 @@ def score_batches(
     return scores
 
 
+def check_batch(batch: int) -> None:
+    """--batch within [1, MAX_BATCH]; one line otherwise."""
+    if not 1 <= batch <= _defaults.MAX_BATCH:
+        raise TokcompileError(f"--batch must be between 1 and {_defaults.MAX_BATCH}, got {batch}")
+
+
+def resolve_reference(reference: Optional[str], built: str, executed: str) -> tuple[str, str]:
+    """``--reference`` and the precision of the dense model it names.
+
+    ``reference`` None: "fp32" for a bundle ``built`` at reduced precision, else "same". "same"
+    is the precision the bundle ``executed`` here."""
+    if reference is None:
+        reference = _defaults.COMPARE_REFERENCE if built != "fp32" else "same"
+    if reference not in REFERENCES:
+        raise TokcompileError(f"--reference must be one of {', '.join(REFERENCES)}, got '{reference}'")
+    return reference, "fp32" if reference == "fp32" else executed
+
+
 def evaluate(
     bundle: Path | str,
     images: Optional[Path | str] = None,
@@ -302,8 +320,7 @@ def evaluate_bundles(
         raise ValueError("evaluate_bundles needs at least one bundle")
     directories = [Path(b) for b in bundles] + [Path(b) for b in baselines]
     batch = EVAL_BATCH if batch is None else batch
-    if not 1 <= batch <= _defaults.MAX_BATCH:
-        raise TokcompileError(f"--batch must be between 1 and {_defaults.MAX_BATCH}, got {batch}")
+    check_batch(batch)
     if limit is not None and limit < 1:
         raise TokcompileError(f"--limit must be a positive integer, got {limit}")
     runners = [load(d, threads) for d in directories]
@@ -319,11 +336,7 @@ def evaluate_bundles(
                 "bundles evaluated together share one dense model"
             )
     precision = runners[0].precision
-    if reference is None:
-        reference = _defaults.COMPARE_REFERENCE if first.precision != "fp32" else "same"
-    if reference not in REFERENCES:
-        raise TokcompileError(f"--reference must be one of {', '.join(REFERENCES)}, got '{reference}'")
-    reference_precision = "fp32" if reference == "fp32" else precision
+    reference, reference_precision = resolve_reference(reference, first.precision, precision)
     stats = ImageStats()
     labelled_model = first.model.num_classes == IMAGENET_CLASSES
     classes = first.model.num_classes
@@ -351,12 +364,9 @@ def evaluate_bundles(
     if reference_precision != precision:
         logger.info("eval: exporting the dense twin at %s for the throughput comparison", precision)
         models[TIMING] = dense_runner(directories[0], threads, precision=precision, weights=weights)
-    # a staged bundle's final outputs differ from its first stage's; older runners lack output_names
-    outputs = [LOGITS, FEATURES]
+    # output_names: what each runner returns (a staged bundle: its last stage's, not its first's)
     every: list[Any] = [*runners, *models.values()]
-    for model in every:
-        if FEATURES not in (getattr(model, "output_names", None) or model.manifest.stages[0].outputs):
-            outputs = [LOGITS]
+    outputs = [LOGITS, FEATURES] if all(FEATURES in model.output_names for model in every) else [LOGITS]
 
     def bundle_model(runner: Any) -> Model:
         # runner.run: the bundle as users run it (input checks, every output incl. the token maps)

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import TokcompileError
 from ..methods import METHODS
 from ..methods.legend import Legend
+from ..outputs import replace_atomically
 from ..passes.names import KEPT_IDS, MERGE_MAP, is_kind, parse_output_name
 from ..runtime.caveats import caveats
 
@@ -193,15 +194,12 @@ class ShowResult:
 
 
 def _load_image(path: Path, preprocess: Any) -> np.ndarray:
-    from PIL import Image
-
-    from ..data.images import to_rgb
+    from ..data.images import read_image
 
     if not path.is_file():
         raise TokcompileError(f"image '{path}' does not exist")
     try:
-        with Image.open(path) as img:
-            return preprocess(to_rgb(img))[None]
+        return read_image(path, [preprocess])[0][None]
     except Exception as exc:
         raise TokcompileError(
             f"cannot decode image '{path}' ({type(exc).__name__}); pass a JPEG/PNG/... file"
@@ -283,7 +281,7 @@ def show(bundle: Path | str, image: Path | str, output: Optional[Path | str] = N
             )
         else:
             groups = merge_groups(outputs[name][0], prefix, patches)
-            ids, counts = np.unique(groups, return_counts=True)
+            counts = np.unique(groups, return_counts=True)[1]
             tokens = np.unique(outputs[name][0]).size
             panels.append(
                 (
@@ -334,10 +332,7 @@ def _draw(panels: list[tuple[str, np.ndarray]], states: dict[int, str], title: s
             Patch(label=f"{label} (image colours)" if s == KEPT else label, **colours[s]) for s, label in states.items()
         ]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise TokcompileError(f"cannot write '{path}' ({exc.strerror or exc}); choose another -o") from None

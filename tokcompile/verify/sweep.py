@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
+from ..data.images import spread
 from ..errors import TokcompileError
+from ..outputs import replace_atomically
 from .evaluate import RANDOM_WARNING, bars_and_logs, evaluate_bundles, progress_bar
 from .sweep_results import (
     METRICS,
@@ -160,13 +159,11 @@ def dense_gmacs_at(timm_name: str, model_kwargs: dict[str, Any], size: tuple[int
     import timm
     import torch
 
-    from ..models.flops import flop_counter
+    from ..models.flops import count_gmacs
 
     with torch.device("meta"):
         module = timm.create_model(timm_name, pretrained=False, **{**model_kwargs, "img_size": size}).eval()
-    with torch.no_grad(), flop_counter() as counter:
-        module(torch.zeros(1, 3, *size, device="meta"))
-    return counter.get_total_flops() / 2e9
+        return count_gmacs(module, (3, *size))
 
 
 def baseline_sizes(
@@ -190,10 +187,7 @@ def baseline_sizes(
     chosen = below + inside + above
     if count < 1 or not chosen:
         return []
-    if len(chosen) > count:
-        picks = sorted(set(np.linspace(0, len(chosen) - 1, count).round().astype(int).tolist()))
-        chosen = [chosen[i] for i in picks]
-    return [size for _, size in chosen]
+    return [size for _, size in spread(chosen, count)]
 
 
 def parse_resolutions(text: Optional[str], spec: Any) -> Optional[list[tuple[int, int]]]:
@@ -240,13 +234,11 @@ def _baseline_weights(model: str, weights: Optional[str], model_kwargs: dict[str
         return str(weights)
     from safetensors.torch import save_file
 
-    module, _, record, _ = create_model(model, weights=weights, **model_kwargs)
-    record.pop("notice", None)  # the points' builds said it already
+    module = create_model(model, weights=weights, **model_kwargs).model
     path = out / BASELINES_DIR / BASELINE_WEIGHTS
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    tensors = {k: v.contiguous() for k, v in module.state_dict().items()}
+    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
     return str(path)
 
 

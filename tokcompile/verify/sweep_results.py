@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..outputs import replace_atomically
 from .evaluate import EvalResult
 
 METHOD_SERIES, RESOLUTION_SERIES = "method", "lower resolution"
@@ -183,17 +183,6 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def _replace(path: Path, write: Any) -> Path:
-    """``write(tmp)`` into a temporary sibling, then rename it to ``path``: never a half-written result."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_csv(result: SweepResult, path: Path) -> Path:
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
@@ -202,7 +191,7 @@ def write_csv(result: SweepResult, path: Path) -> Path:
             for row in result.rows():
                 writer.writerow({k: _csv_value(row[k]) for k in CSV_COLUMNS})
 
-    return _replace(path, write)
+    return replace_atomically(path, write)
 
 
 def _pct(value: Optional[float]) -> str:
@@ -215,7 +204,8 @@ def _cosines(row: dict[str, Any]) -> str:
     return f"{row['cosine_mean']:.4f} / {row['cosine_p5']:.4f} / {row['cosine_min']:.4f}"
 
 
-def _caveat_lines(result: SweepResult) -> list[str]:
+def caveat_lines(result: SweepResult) -> list[str]:
+    """The RANDOM-weights/heads notes of every point and baseline, once each, sorted."""
     return sorted({n for p in [*result.points, *result.baselines] for n in p.result.notes if "RANDOM" in n})
 
 
@@ -246,14 +236,14 @@ def write_markdown(result: SweepResult, path: Path, images: Optional[Path | str]
             f"{_pct(row['top1'])} | {_pct(row['agreement'])} | {_cosines(row)} | {row['images_per_s']:.1f} | "
             f"{row['speedup']:.2f}x | {'★' if row['pareto'] else ''} |"
         )
-    notes = _caveat_lines(result)
+    notes = caveat_lines(result)
     if notes:
         lines += ["", *notes]
 
     def write(tmp: Path) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
-    return _replace(path, write)
+    return replace_atomically(path, write)
 
 
 def plot_pareto(result: SweepResult, path: Path) -> Path:
@@ -306,4 +296,4 @@ def plot_pareto(result: SweepResult, path: Path) -> Path:
         title += f"\nRANDOM weights: accuracy means nothing; {METRICS[result.metric]} shown"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _replace(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
