@@ -116,15 +116,19 @@ def _output_dims(bundle: Path, manifest: Manifest) -> dict[str, list[int]]:
     """Per served output (logits, features): its dims without the batch, from the ONNX files."""
     final = manifest.final_outputs
     dims: dict[str, list[int]] = {}
+    graphs: dict[str, onnx.GraphProto] = {}  # by stage file: logits and features come from one stage
     for name in OUTPUTS:
         value = final.get(name)
         for stage in manifest.stages:
             if value in stage.outputs:
-                try:
-                    graph = onnx.load(str(bundle / stage.file), load_external_data=False).graph
-                except Exception as exc:  # a corrupt protobuf raises DecodeError, among others
-                    raise TokcompileError(f"cannot read '{bundle / stage.file}' ({exc}); rebuild the bundle") from None
-                (tensor,) = [t for t in graph.output if t.name == value]
+                if stage.file not in graphs:
+                    try:
+                        graphs[stage.file] = onnx.load(str(bundle / stage.file), load_external_data=False).graph
+                    except Exception as exc:  # a corrupt protobuf raises DecodeError, among others
+                        raise TokcompileError(
+                            f"cannot read '{bundle / stage.file}' ({exc}); rebuild the bundle"
+                        ) from None
+                (tensor,) = [t for t in graphs[stage.file].output if t.name == value]
                 shape = tensor.type.tensor_type.shape.dim[1:]
                 dims[name] = [d.dim_value if d.HasField("dim_value") else -1 for d in shape]
     if LOGITS not in dims:
