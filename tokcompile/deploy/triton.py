@@ -40,7 +40,6 @@ from ..errors import TokcompileError
 from ..manifest import Manifest
 from ..passes.names import LOGITS
 from ..runtime.bundle import MANIFEST, read_manifest
-from ..runtime.commands import stage_profiles
 from .triton_model import INPUT, OUTPUTS
 
 logger = logging.getLogger(__name__)
@@ -107,8 +106,16 @@ def model_name(bundle: Path, name: Optional[str]) -> str:
 
 
 def _engine_max_batch(manifest: Manifest) -> Optional[int]:
-    """The largest batch every TensorRT profile of every stage accepts (None: no engines)."""
-    maxima = [shapes[2][0] for s in manifest.stages for p in stage_profiles(s) for shapes in p["shapes"].values()]
+    """The largest batch every profile of every built TensorRT engine accepts (None: no engines).
+    Only built engines count: the planned profiles (``tensorrt_plan``) that every bundle carries for
+    report.md's engine commands do not bound an ONNX Runtime bundle."""
+    maxima = [
+        shapes[2][0]
+        for s in manifest.stages
+        if s.engine is not None
+        for p in s.engine.profiles
+        for shapes in p["shapes"].values()
+    ]
     return min(maxima) if maxima else None
 
 
