@@ -75,13 +75,11 @@ def main() -> None:
         diff = np.abs(runner(x) - masked_twin(x, ["logits"])["logits"]).max()
     m = result.manifest
     print(
-        f"{args.model} {args.method} {m['method']['params']}, random weights (q/k ×{args.qk_scale}), fp32, ONNX Runtime CPU, "
+        f"{args.model} {args.method} {m.method.params}, random weights (q/k ×{args.qk_scale}), fp32, ONNX Runtime CPU, "
         f"{args.iters} interleaved runs"
     )
-    print(f"mean tokens per stage (calibration): {' → '.join(map(str, m['tokens']['sequence']))}")
-    print(
-        f"GMACs {m['gmacs']['reduced']:.3f} vs dense {m['gmacs']['dense']:.3f} (ideal {m['gmacs']['ideal_speedup']:.3f}x)"
-    )
+    print(f"mean tokens per stage (calibration): {' → '.join(map(str, m.tokens.sequence))}")
+    print(f"GMACs {m.gmacs.reduced:.3f} vs dense {m.gmacs.dense:.3f} (ideal {m.gmacs.ideal_speedup:.3f}x)")
     print(f"{'batch':>5} {'model':>8} {'img/s':>9} {'p50 ms':>8} {'p90 ms':>8}")
     for r in report.rows:
         print(f"{r.batch:>5} {r.name:>8} {r.images_per_s:>9.2f} {r.p50_ms:>8.1f} {r.p90_ms:>8.1f}")

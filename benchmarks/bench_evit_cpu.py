@@ -37,7 +37,7 @@ def main() -> None:
             args.model, method="evit", precision=args.precision, weights="random", output=out, keep_rate=args.keep_rate
         )
         rows = bench(out, batches=int_list(args.batch, "--batch"), iters=args.iters, threads=args.threads).rows
-    ideal = result.manifest["gmacs"]["ideal_speedup"]
+    ideal = result.manifest.gmacs.ideal_speedup
     print(f"{args.model} evit keep {args.keep_rate} {args.precision}, ONNX Runtime CPU, {args.iters} interleaved runs")
     print(f"{'batch':>5} {'model':>8} {'img/s':>9} {'p50 ms':>8} {'p90 ms':>8}")
     for r in rows:

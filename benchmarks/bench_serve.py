@@ -33,7 +33,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -208,13 +207,13 @@ def main() -> None:
     low, high = (int(v) for v in args.batch.split(":"))
     runner = tokcompile.load(args.bundle)
     args.atol = probe.tolerance(runner.precision)
-    manifest: dict[str, Any] = runner.manifest
-    shape = tuple(manifest["model"]["input_shape"])
-    preprocess = preprocessing(manifest["model"]["timm_name"], shape)
+    manifest = runner.manifest
+    shape = manifest.input_shape
+    preprocess = preprocessing(manifest.model.timm_name, shape)
     pool = next(image_batches(args.images, preprocess, 64, limit=64))
     requests = probe.make_requests(pool, args.clients * args.requests, low, high, seed=0)
     print(
-        f"{args.bundle}: {manifest['model']['name']} · {manifest['method']['name']} · {manifest['precision']}, "
+        f"{args.bundle}: {manifest.model.name} · {manifest.method.name} · {manifest.precision}, "
         f"{len(pool)} photos from {args.images}, {os.cpu_count()} CPU(s)"
     )
     print("in-process reference (tokcompile.load, each request alone) ...")

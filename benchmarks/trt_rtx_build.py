@@ -55,10 +55,11 @@ def main() -> None:
                 except TokcompileError as exc:
                     rows.append(f"| {method} | {precision} | FAILED after {time.perf_counter() - start:.0f} s: {exc} |")
                     continue
-                stages = result.manifest["stages"]
-                layers = sum(s["tensorrt_layers"] for s in stages)
-                megabytes = sum((out / s["tensorrt_file"]).stat().st_size for s in stages) / 1e6
-                engine_seconds = sum(s["tensorrt_build_seconds"] for s in stages)
+                stages = result.manifest.stages
+                engines = [s.engine for s in stages]  # a tensorrt-rtx build gives every stage one
+                layers = sum(e.layers for e in engines)
+                megabytes = sum((out / e.file).stat().st_size for e in engines) / 1e6
+                engine_seconds = sum(e.build_seconds for e in engines)
                 if method == "none":
                     dense_layers = layers
                 vs = f"{layers / dense_layers:.2f}x" if dense_layers else "-"

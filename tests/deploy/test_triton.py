@@ -156,6 +156,21 @@ def test_tensorrt_bundle(evit_bundle: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m32", "models", "trt-bundle"]  # nothing half-written
 
 
+def test_only_built_engines_bound_the_batch(evit_bundle: Path, tmp_path: Path) -> None:
+    """Every bundle plans TensorRT profiles (up to 64 images, for report.md's commands); only a
+    TensorRT bundle's built engines cap --max-batch, an ONNX Runtime bundle takes any batch."""
+    manifest = read_manifest(evit_bundle)
+    assert manifest.backend == "onnxruntime" and manifest.stages[0].engine is None
+    assert manifest.stages[0].tensorrt_plan[0]["shapes"]["images"][2][0] == 64  # the planned max batch
+    assert batching(100, manifest=manifest).max_batch == 100
+    triton_repo_from_bundle(evit_bundle, tmp_path / "m100", max_batch=100)
+    assert parse_config(tmp_path / "m100" / evit_bundle.name / "config.pbtxt").max_batch_size == 100
+    trt_manifest = read_manifest(fake_tensorrt_bundle(evit_bundle, tmp_path / "trt-bundle"))  # engines: 32, plan: 64
+    assert batching(32, manifest=trt_manifest).max_batch == 32
+    with pytest.raises(TokcompileError, match="--max-batch 33 exceeds the 32 images the bundle's TensorRT engines"):
+        batching(33, manifest=trt_manifest)
+
+
 # ----------------------------------------------------------------------------- --force, umask, errors
 
 

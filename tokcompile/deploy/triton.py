@@ -40,7 +40,6 @@ from ..errors import TokcompileError
 from ..manifest import Manifest
 from ..passes.names import LOGITS
 from ..runtime.bundle import MANIFEST, read_manifest
-from ..runtime.commands import stage_profiles
 from .triton_model import INPUT, OUTPUTS
 
 logger = logging.getLogger(__name__)
@@ -107,8 +106,16 @@ def model_name(bundle: Path, name: Optional[str]) -> str:
 
 
 def _engine_max_batch(manifest: Manifest) -> Optional[int]:
-    """The largest batch every TensorRT profile of every stage accepts (None: no engines)."""
-    maxima = [shapes[2][0] for s in manifest.stages for p in stage_profiles(s) for shapes in p["shapes"].values()]
+    """The largest batch every profile of every built TensorRT engine accepts (None: no engines).
+    Only built engines count: the planned profiles (``tensorrt_plan``) that every bundle carries for
+    report.md's engine commands do not bound an ONNX Runtime bundle."""
+    maxima = [
+        shapes[2][0]
+        for s in manifest.stages
+        if s.engine is not None
+        for p in s.engine.profiles
+        for shapes in p["shapes"].values()
+    ]
     return min(maxima) if maxima else None
 
 
@@ -116,15 +123,19 @@ def _output_dims(bundle: Path, manifest: Manifest) -> dict[str, list[int]]:
     """Per served output (logits, features): its dims without the batch, from the ONNX files."""
     final = manifest.final_outputs
     dims: dict[str, list[int]] = {}
+    graphs: dict[str, onnx.GraphProto] = {}  # by stage file: logits and features come from one stage
     for name in OUTPUTS:
         value = final.get(name)
         for stage in manifest.stages:
             if value in stage.outputs:
-                try:
-                    graph = onnx.load(str(bundle / stage.file), load_external_data=False).graph
-                except Exception as exc:  # a corrupt protobuf raises DecodeError, among others
-                    raise TokcompileError(f"cannot read '{bundle / stage.file}' ({exc}); rebuild the bundle") from None
-                (tensor,) = [t for t in graph.output if t.name == value]
+                if stage.file not in graphs:
+                    try:
+                        graphs[stage.file] = onnx.load(str(bundle / stage.file), load_external_data=False).graph
+                    except Exception as exc:  # a corrupt protobuf raises DecodeError, among others
+                        raise TokcompileError(
+                            f"cannot read '{bundle / stage.file}' ({exc}); rebuild the bundle"
+                        ) from None
+                (tensor,) = [t for t in graphs[stage.file].output if t.name == value]
                 shape = tensor.type.tensor_type.shape.dim[1:]
                 dims[name] = [d.dim_value if d.HasField("dim_value") else -1 for d in shape]
     if LOGITS not in dims:
