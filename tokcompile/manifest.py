@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import TokcompileError
+from .precision import PRECISIONS
 
 FORMAT = "tokcompile-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-PRECISIONS = ("fp32", "fp16", "bf16")
 FALLBACK = "fallback"  # the catch-all TensorRT profile's "bucket"
 
 Profile = dict[str, Any]  # {"bucket": int | "fallback", "shapes": {input: [min, opt, max]}}
