@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import torch
 import torch.fx as fx
+from pass_helpers import method_graph
 
-from tokcompile.methods import get_method
 from tokcompile.models import ModelSpec, create_model
-from tokcompile.models.tracing import capture
-from tokcompile.passes.manager import PassContext, run_passes
+from tokcompile.passes.manager import PassContext
 
 SEED = 0
 # Scale of the q and k rows of every qkv projection. timm's random init (std 0.02) gives
@@ -79,27 +78,13 @@ def deit_tiny(models: ModelZoo) -> tuple[torch.nn.Module, ModelSpec]:
     return model, spec
 
 
-def build_evit(zoo: ModelZoo, name: str, passes: Any = None, **params: Any) -> tuple[fx.GraphModule, PassContext]:
-    """Capture ``name`` and run the EViT pipeline (or ``passes``) with debug linting on.
-
-    ``params`` go to ``EvitConfig.resolve`` (keep_rate, layers, fuse); returns (gm, ctx) with
-    ``ctx.info["modified"]`` set to the pipeline's PassResult.modified.
-    """
-    model, spec = zoo(name)
-    method = get_method("evit")
-    config = method.config.resolve(spec, **params)
-    ctx = PassContext(spec, config, layers=config.layers, debug=True)
-    result = run_passes(capture(model), method.pipeline if passes is None else passes, ctx)
-    ctx.info["modified"] = result.modified
-    return result.graph_module, ctx
-
-
 @pytest.fixture(scope="session")
 def evit_gm(models: ModelZoo) -> Callable[..., tuple[fx.GraphModule, PassContext]]:
-    """``evit_gm("deit_t", keep_rate=0.7, fuse=True)`` → (rewritten GraphModule, PassContext)."""
+    """``evit_gm("deit_t", keep_rate=0.7, fuse=True)`` → (rewritten GraphModule, PassContext):
+    ``pass_helpers.method_graph`` for EViT (debug linting, ``ctx.info["modified"]`` set)."""
 
     def make(name: str, **params: Any) -> tuple[fx.GraphModule, PassContext]:
-        return build_evit(models, name, **params)
+        return method_graph(models, "evit", name, **params)
 
     return make
 

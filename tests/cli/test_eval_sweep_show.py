@@ -1,4 +1,5 @@
-"""CLI eval, sweep and show end to end on test_vit, and their bad inputs as one line + exit 1."""
+"""CLI eval, sweep and show end to end on test_vit, and bad inputs to them (and to compare and bench) as
+one line + exit 1."""
 
 from __future__ import annotations
 
@@ -114,6 +115,19 @@ def test_show(capsys, bundle, images, tmp_path):
         (["eval", "nobundle", "--images", "."], r"is not a tokcompile bundle"),
         (["eval", "nobundle"], r"--images"),
         (["show", "nobundle", "x.png"], r"is not a tokcompile bundle"),
+        (["compare", "b", "--batch", "0"], r"argument --batch: must be a positive integer, got 0"),
+        (["compare", "b", "--batch", "-1"], r"argument --batch: must be a positive integer, got -1"),
+        (["compare", "b", "--samples", "-1"], r"argument --samples: must be a positive integer, got -1"),
+        (["compare", "b", "--atol", "-1"], r"argument --atol: must be a finite number ≥ 0, got -1"),
+        (["compare", "b", "--atol", "nan"], r"argument --atol: must be a finite number ≥ 0, got 'nan'"),
+        (["compare", "b", "--min-agreement", "1.5"], r"argument --min-agreement: must be in \[0, 1\], got 1.5"),
+        (["compare", "b", "--reference", "fp64"], r"argument --reference: invalid choice: 'fp64'"),
+        (["bench", "b", "--batch", "1000000"], r"--batch must be between 1 and 1024 .*got 1000000"),
+        (["bench", "b", "--batch", "0"], r"--batch must be positive integers, got '0'"),
+        (["bench", "b", "--iters", "-1"], r"argument --iters: must be a positive integer, got -1"),
+        (["bench", "b", "--warmup", "-1"], r"argument --warmup: must be an integer ≥ 0, got -1"),
+        (["eval", "b", "--images", ".", "--batch", "0"], r"argument --batch: must be a positive integer, got 0"),
+        (["eval", "b", "--images", ".", "--batch", "5000"], r"argument --batch: must be at most 1024"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, monkeypatch, argv, pattern):

@@ -35,6 +35,9 @@ import pytest
 from bundle_fixtures import RTX_BUCKETS
 from onnx import TensorProto, helper
 
+from tokcompile.backends import get_backend
+from tokcompile.backends.base import BuildOptions
+from tokcompile.backends.tensorrt.build import EngineBuild, engine_from_onnx
 from tokcompile.export.onnx import scoped_function
 
 METHODS = ("none", "evit", "tome", "ats", "avit", "adavit")
@@ -196,27 +199,12 @@ def _parser_duplicates(path: Path) -> list[str]:
     return [m.group(1) for m in DUPLICATE.finditer(done.stdout)]
 
 
-def _build(path: Path, plan: list[dict]) -> tuple[int, int, object]:
-    """Parse ``path`` and build it for SM80 with the planned profiles: (layers, plugin layers,
-    serialized engine or None)."""
+def _build(path: Path, plan: list[dict]) -> EngineBuild:
+    """Build ``path`` for SM80 with the planned profiles, the way ``tokcompile build --backend
+    tensorrt-rtx`` does (a failure raises EngineBuildError)."""
     trt = pytest.importorskip("tensorrt_rtx")
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(str(path)), str(parser.get_error(0))
-    plugins = (trt.LayerType.PLUGIN, trt.LayerType.PLUGIN_V2, trt.LayerType.PLUGIN_V3)
-    plugin_layers = sum(network.get_layer(i).type in plugins for i in range(network.num_layers))
-    config = builder.create_builder_config()
-    config.num_compute_capabilities = 1
-    config.set_compute_capability(trt.ComputeCapability.SM80, 0)
-    for entry in plan:
-        profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in entry["shapes"].items():
-            profile.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    return network.num_layers, plugin_layers, engine
+    backend = get_backend("tensorrt-rtx")
+    return engine_from_onnx(trt, backend, path, plan, backend.check_options(BuildOptions(target_sm="80")))
 
 
 @pytest.mark.trt
@@ -224,9 +212,9 @@ def _build(path: Path, plan: list[dict]) -> tuple[int, int, object]:
 def test_every_stage_builds_natively_for_its_planned_profiles(bundles, method: str) -> None:
     pytest.importorskip("tensorrt_rtx")
     for path, stage in _stage_files(bundles[method]):
-        layers, plugin_layers, engine = _build(path, stage["tensorrt_plan"])
-        assert layers > 0 and plugin_layers == 0, path.name  # --plugins auto: no plugin layer
-        assert engine is not None, f"{method} {path.name}: TensorRT could not build it"
+        built = _build(path, stage["tensorrt_plan"])
+        assert built.layers > 0 and built.plugin_layers == 0, path.name  # --plugins auto: no plugin layer
+        assert built.engine is not None, f"{method} {path.name}: TensorRT could not build it"
 
 
 @pytest.mark.trt
@@ -244,7 +232,7 @@ def test_ats_builds_for_buckets_below_the_sample_count(rtx_bundle) -> None:
         buckets = [p["bucket"] for p in stage["tensorrt_plan"]]
         assert buckets[:-1] == expected
         for entry in stage["tensorrt_plan"]:  # one profile at a time: each bucket on its own
-            assert _build(file, [entry])[2] is not None, (file.name, entry["bucket"])
+            assert _build(file, [entry]).engine is not None, (file.name, entry["bucket"])
 
 
 @pytest.mark.trt

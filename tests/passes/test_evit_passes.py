@@ -15,6 +15,7 @@ from typing import Optional
 import pytest
 import torch
 import torch.fx as fx
+from pass_helpers import assert_noop, calls
 from reference_vit import embed_tokens, heads_qkv
 
 from tokcompile.errors import TokcompileError
@@ -34,10 +35,6 @@ from tokcompile.passes.output_kept_indices import output_kept_indices
 
 MODELS = ["test_vit", "deit_t"]
 LOGITS_ATOL = 1e-4  # fp32, fused SDPA in the graph vs explicit softmax(QKᵀ)V here
-
-
-def count(gm: fx.GraphModule, target: object) -> int:
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is target)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -101,15 +98,15 @@ def assert_same_kept_sets(got: torch.Tensor, expected: torch.Tensor, where: str)
 def test_rewrite_inserts_one_op_per_layer(name: str, models, evit_gm) -> None:
     model, spec = models(name)
     before = capture(model)
-    assert count(before, evit_select) == 0 and count(before, cls_attention_row) == 0
+    assert calls(before, evit_select) == 0 and calls(before, cls_attention_row) == 0
 
     gm, ctx = evit_gm(name)
     layers = ctx.layers
     assert layers == evit_method.default_layers(spec.depth) and len(layers) == 3
     assert ctx.info["modified"] is True
     assert ctx.info["pass_history"] == [p.__name__ for p in get_method("evit").pipeline]
-    assert count(gm, evit_select) == len(layers)
-    assert count(gm, cls_attention_row) == len(layers)
+    assert calls(gm, evit_select) == len(layers)
+    assert calls(gm, cls_attention_row) == len(layers)
     assert output_names(gm) == ["logits"] + [f"kept_ids_{i}" for i in layers]
 
     blocks = {b.index: b for b in find_blocks(gm)}
@@ -139,7 +136,7 @@ def test_capture_cls_attention_alone_adds_rows_only(test_vit, images) -> None:
     ctx = PassContext(spec, None, layers=(1, 4), debug=True)
     result = run_passes(gm, (capture_cls_attention,), ctx)
     assert result.modified
-    assert count(result.graph_module, cls_attention_row) == 2 and count(result.graph_module, evit_select) == 0
+    assert calls(result.graph_module, cls_attention_row) == 2 and calls(result.graph_module, evit_select) == 0
     with torch.no_grad():
         assert torch.equal(result.graph_module(x), dense)
 
@@ -164,14 +161,10 @@ def test_insert_without_capture_is_a_user_error(test_vit) -> None:
 # ----------------------------------------------------------------------------- negative
 
 
-def _unchanged(gm: fx.GraphModule, passes, ctx: PassContext) -> PassResult:
-    code = gm.code
-    nodes = len(gm.graph.nodes)
-    result = run_passes(gm, passes, ctx)
-    assert result.modified is False
-    assert result.graph_module.code == code and len(result.graph_module.graph.nodes) == nodes
-    assert count(result.graph_module, evit_select) == 0 and count(result.graph_module, cls_attention_row) == 0
-    return result
+def _unchanged(gm: fx.GraphModule, passes, ctx: PassContext) -> fx.GraphModule:
+    gm = assert_noop(gm, passes, ctx)
+    assert calls(gm, evit_select) == 0 and calls(gm, cls_attention_row) == 0
+    return gm
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -180,12 +173,12 @@ def test_no_layers_leaves_graph_unchanged(name: str, models, images) -> None:
     config = evit_method.EvitConfig.resolve(spec, layers=[])
     assert config.layers == ()
     ctx = PassContext(spec, config, layers=config.layers, debug=True)
-    result = _unchanged(capture(model), get_method("evit").pipeline, ctx)
-    assert output_names(result.graph_module) == ["logits"]
+    gm = _unchanged(capture(model), get_method("evit").pipeline, ctx)
+    assert output_names(gm) == ["logits"]
     assert ctx.info["tokens"]["sequence"] == [spec.num_tokens]
     x = images(spec, 2)
     with torch.no_grad():
-        torch.testing.assert_close(result.graph_module(x), model(x), atol=LOGITS_ATOL, rtol=0)
+        torch.testing.assert_close(gm(x), model(x), atol=LOGITS_ATOL, rtol=0)
 
 
 def test_layers_that_do_not_exist_leave_graph_unchanged(test_vit) -> None:
@@ -216,16 +209,12 @@ def test_output_kept_indices_without_token_ops_is_a_no_op(test_vit) -> None:
 def test_pipeline_is_idempotent(name: str, evit_gm, images) -> None:
     gm, ctx = evit_gm(name)
     spec = ctx.spec
-    code, nodes = gm.code, len(gm.graph.nodes)
     x = images(spec, 2)
     with torch.no_grad():
         first = gm(x)
     for passes in [get_method("evit").pipeline] + [(p,) for p in get_method("evit").pipeline]:
-        result = run_passes(gm, passes, ctx)
-        assert result.modified is False, [p.__name__ for p in passes]
-        gm = result.graph_module
-        assert gm.code == code and len(gm.graph.nodes) == nodes
-    assert count(gm, evit_select) == len(ctx.layers) and count(gm, cls_attention_row) == len(ctx.layers)
+        gm = assert_noop(gm, passes, ctx)
+    assert calls(gm, evit_select) == len(ctx.layers) and calls(gm, cls_attention_row) == len(ctx.layers)
     assert output_names(gm) == ["logits"] + [f"kept_ids_{i}" for i in ctx.layers]
     with torch.no_grad():
         again = gm(x)
@@ -289,7 +278,7 @@ def test_fused_token_ids_are_minus_one(evit_gm, models, images) -> None:
 def test_keep_rate_one_is_the_dense_model(evit_gm, test_vit, images) -> None:
     model, spec = test_vit
     gm, ctx = evit_gm("test_vit", keep_rate=1.0)
-    assert count(gm, evit_select) == len(ctx.layers)  # the op is there, as an identity
+    assert calls(gm, evit_select) == len(ctx.layers)  # the op is there, as an identity
     x = images(spec, 2)
     with torch.no_grad():
         logits, *kept = gm(x)

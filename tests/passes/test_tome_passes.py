@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 import torch.fx as fx
+from pass_helpers import assert_noop, calls, method_graph
 from reference_tome import eager_tome
 
 from tokcompile.errors import TokcompileError
@@ -29,7 +30,7 @@ from tokcompile.passes.add_proportional_attention import add_proportional_attent
 from tokcompile.passes.annotate_tokens import annotate_tokens
 from tokcompile.passes.graph_outputs import named_outputs as output_names
 from tokcompile.passes.insert_tome_merge import insert_tome_merge
-from tokcompile.passes.manager import PassContext, PassResult, run_passes
+from tokcompile.passes.manager import PassContext
 from tokcompile.passes.names import TOKEN_OP_KEY
 from tokcompile.passes.output_kept_indices import output_kept_indices
 from tokcompile.passes.output_merge_maps import output_merge_maps
@@ -38,20 +39,6 @@ LOGITS_ATOL = 1e-4  # fp32, fused SDPA with a float mask in the graph vs explici
 DEIT_R13 = [184, 171, 158, 145, 132, 119, 106, 93, 80, 67, 54, 41]
 DEIT_R16 = [181, 165, 149, 133, 117, 101, 85, 69, 53, 37, 21, 11]
 DEIT_R16_INFLECT = [165, 136, 110, 87, 67, 50, 36, 25, 17, 12, 10, 10]
-
-
-def count(gm: fx.GraphModule, target: object) -> int:
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is target)
-
-
-def build_tome(models, name: str, passes: Any = None, **params: Any) -> tuple[fx.GraphModule, PassContext]:
-    """Capture ``name`` and run the ToMe pipeline (or ``passes``) with debug linting on."""
-    model, spec = models(name)
-    config = tome_method.TomeConfig.resolve(spec, **params)
-    ctx = PassContext(spec, config, layers=config.layers, debug=True)
-    result = run_passes(capture(model), get_method("tome").pipeline if passes is None else passes, ctx)
-    ctx.info["modified"] = result.modified
-    return result.graph_module, ctx
 
 
 # ----------------------------------------------------------------------------- reference
@@ -63,12 +50,12 @@ def build_tome(models, name: str, passes: Any = None, **params: Any) -> tuple[fx
 def test_rewrite_merges_every_block_and_biases_attention_after_the_first(models) -> None:
     model, spec = models("deit_t")
     before = capture(model)
-    assert count(before, tome_merge) == 0
-    gm, ctx = build_tome(models, "deit_t")
+    assert calls(before, tome_merge) == 0
+    gm, ctx = method_graph(models, "tome", "deit_t")
     assert ctx.info["modified"] is True
     assert ctx.info["pass_history"] == [p.__name__ for p in get_method("tome").pipeline]
     assert ctx.layers == tuple(range(12)) and ctx.config.r == (13,) * 12
-    assert count(gm, tome_merge) == 12 and count(gm, tome_metric) == 12 and count(gm, token_sizes) == 1
+    assert calls(gm, tome_merge) == 12 and calls(gm, tome_metric) == 12 and calls(gm, token_sizes) == 1
     merges = [n for n in gm.graph.nodes if n.target is tome_merge]
     assert [n.meta[TOKEN_OP_KEY] for n in merges] == list(range(12))
     assert [n.args[3:] for n in merges] == [(13, 1)] * 12
@@ -81,7 +68,7 @@ def test_rewrite_merges_every_block_and_biases_attention_after_the_first(models)
         if prev is not None:
             assert merge.args[2].args == (prev, 1)
     # Proportional attention: every block after the first merge, none before.
-    assert count(gm, size_attention_bias) == 11
+    assert calls(gm, size_attention_bias) == 11
     assert blocks[0].sdpa.kwargs["attn_mask"] is None
     for block, prev in zip(blocks[1:], merges[:-1]):
         bias = block.sdpa.kwargs["attn_mask"]
@@ -91,16 +78,16 @@ def test_rewrite_merges_every_block_and_biases_attention_after_the_first(models)
 
 
 def test_layers_subset_and_prop_attn_off(models) -> None:
-    gm, ctx = build_tome(models, "test_vit", r=8, layers=[2, 4])
+    gm, ctx = method_graph(models, "tome", "test_vit", r=8, layers=[2, 4])
     assert ctx.config.r == (0, 0, 8, 0, 8, 0)
-    assert count(gm, tome_merge) == 2 and count(gm, size_attention_bias) == 3  # blocks 3, 4, 5
+    assert calls(gm, tome_merge) == 2 and calls(gm, size_attention_bias) == 3  # blocks 3, 4, 5
     masks = [b.sdpa.kwargs["attn_mask"] for b in find_blocks(gm)]
     assert masks[:3] == [None] * 3 and all(m is not None for m in masks[3:])
     assert output_names(gm) == ["logits", "merge_map_2", "merge_map_4"]
     assert ctx.info["tokens"]["sequence"] == [101, 93, 85]
 
-    gm, ctx = build_tome(models, "test_vit", r=8, prop_attn=False)
-    assert count(gm, tome_merge) == 6 and count(gm, size_attention_bias) == 0
+    gm, ctx = method_graph(models, "tome", "test_vit", r=8, prop_attn=False)
+    assert calls(gm, tome_merge) == 6 and calls(gm, size_attention_bias) == 0
     assert all(b.sdpa.kwargs["attn_mask"] is None for b in find_blocks(gm))
 
 
@@ -115,7 +102,7 @@ def test_deit_tiny_token_counts(r: Any, expected: list[int], models) -> None:
     requested = tome_method.merge_schedule(r, 12)
     assert tome_method.token_counts(197, 1, requested) == expected
     assert tome_method.token_counts(197, 1, config.r) == expected
-    gm, ctx = build_tome(models, "deit_t", passes=(insert_tome_merge, annotate_tokens), r=r)
+    gm, ctx = method_graph(models, "tome", "deit_t", passes=(insert_tome_merge, annotate_tokens), r=r)
     tokens = ctx.info["tokens"]
     assert tokens["sequence"] == [197, *expected]
     assert [b["attention"] for b in tokens["blocks"]] == [197, *expected[:-1]]
@@ -205,13 +192,10 @@ def test_cli_flags_reach_the_config() -> None:
 # ----------------------------------------------------------------------------- negative
 
 
-def _unchanged(gm: fx.GraphModule, passes, ctx: PassContext) -> PassResult:
-    code, nodes = gm.code, len(gm.graph.nodes)
-    result = run_passes(gm, passes, ctx)
-    assert result.modified is False
-    assert result.graph_module.code == code and len(result.graph_module.graph.nodes) == nodes
-    assert count(result.graph_module, tome_merge) == 0 and count(result.graph_module, size_attention_bias) == 0
-    return result
+def _unchanged(gm: fx.GraphModule, passes, ctx: PassContext) -> fx.GraphModule:
+    gm = assert_noop(gm, passes, ctx)
+    assert calls(gm, tome_merge) == 0 and calls(gm, size_attention_bias) == 0
+    return gm
 
 
 def test_no_layers_leaves_graph_unchanged(test_vit, images) -> None:
@@ -219,12 +203,12 @@ def test_no_layers_leaves_graph_unchanged(test_vit, images) -> None:
     config = tome_method.TomeConfig.resolve(spec, layers=[])
     assert config.layers == () and config.r == (0,) * 6
     ctx = PassContext(spec, config, layers=config.layers, debug=True)
-    result = _unchanged(capture(model), get_method("tome").pipeline, ctx)
-    assert output_names(result.graph_module) == ["logits"]
+    gm = _unchanged(capture(model), get_method("tome").pipeline, ctx)
+    assert output_names(gm) == ["logits"]
     assert ctx.info["tokens"]["sequence"] == [spec.num_tokens]
     x = images(spec, 2)
     with torch.no_grad():
-        torch.testing.assert_close(result.graph_module(x), model(x), atol=LOGITS_ATOL, rtol=0)
+        torch.testing.assert_close(gm(x), model(x), atol=LOGITS_ATOL, rtol=0)
 
 
 def test_later_passes_alone_leave_graph_unchanged(test_vit) -> None:
@@ -237,28 +221,22 @@ def test_later_passes_alone_leave_graph_unchanged(test_vit) -> None:
 
 
 def test_evit_passes_ignore_tome_merges(models) -> None:
-    gm, ctx = build_tome(models, "test_vit", passes=(insert_tome_merge,), r=8)
-    code = gm.code
-    result = run_passes(gm, (output_kept_indices,), ctx)
-    assert result.modified is False and result.graph_module.code == code
-    assert count(gm, evit_select) == 0
+    gm, ctx = method_graph(models, "tome", "test_vit", passes=(insert_tome_merge,), r=8)
+    gm = assert_noop(gm, (output_kept_indices,), ctx)
+    assert calls(gm, evit_select) == 0
 
 
 # ----------------------------------------------------------------------------- idempotence
 
 
 def test_pipeline_is_idempotent(models, images) -> None:
-    gm, ctx = build_tome(models, "test_vit", r=8)
-    code, nodes = gm.code, len(gm.graph.nodes)
+    gm, ctx = method_graph(models, "tome", "test_vit", r=8)
     x = images(ctx.spec, 2)
     with torch.no_grad():
         first = gm(x)
     for passes in [get_method("tome").pipeline] + [(p,) for p in get_method("tome").pipeline]:
-        result = run_passes(gm, passes, ctx)
-        assert result.modified is False, [p.__name__ for p in passes]
-        gm = result.graph_module
-        assert gm.code == code and len(gm.graph.nodes) == nodes
-    assert count(gm, tome_merge) == 6 and count(gm, size_attention_bias) == 5
+        gm = assert_noop(gm, passes, ctx)
+    assert calls(gm, tome_merge) == 6 and calls(gm, size_attention_bias) == 5
     with torch.no_grad():
         again = gm(x)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
@@ -281,7 +259,7 @@ NUMERIC_CASES = [
 @pytest.mark.parametrize(("name", "r", "prop_attn", "layers"), NUMERIC_CASES)
 def test_numerics_match_eager_tome(name: str, r: Any, prop_attn: bool, layers: Any, models, images) -> None:
     model, spec = models(name)
-    gm, ctx = build_tome(models, name, r=r, prop_attn=prop_attn, layers=layers)
+    gm, ctx = method_graph(models, "tome", name, r=r, prop_attn=prop_attn, layers=layers)
     x = images(spec, 2)
     with torch.no_grad():
         logits, *maps = gm(x)

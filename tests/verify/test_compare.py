@@ -136,30 +136,3 @@ def test_compare_cli_failure_says_which_check_without_polygraphy_noise(capsys, b
     assert "FAILED logits check: max |Δ|" in out and "try a higher --precision, a larger --atol" in out
     assert "[E]" not in out + err and "colored" not in out + err  # Polygraphy's own lines: only with -v
     assert "compare " in err  # the progress bar
-
-
-@pytest.mark.parametrize(
-    "argv, pattern",
-    [
-        (["compare", "b", "--batch", "0"], r"argument --batch: must be a positive integer, got 0"),
-        (["compare", "b", "--batch", "-1"], r"argument --batch: must be a positive integer, got -1"),
-        (["compare", "b", "--samples", "-1"], r"argument --samples: must be a positive integer, got -1"),
-        (["compare", "b", "--atol", "-1"], r"argument --atol: must be a finite number ≥ 0, got -1"),
-        (["compare", "b", "--atol", "nan"], r"argument --atol: must be a finite number ≥ 0, got 'nan'"),
-        (["compare", "b", "--min-agreement", "1.5"], r"argument --min-agreement: must be in \[0, 1\], got 1.5"),
-        (["compare", "b", "--reference", "fp64"], r"argument --reference: invalid choice: 'fp64'"),
-        (["bench", "b", "--batch", "1000000"], r"--batch must be between 1 and 1024 .*got 1000000"),
-        (["bench", "b", "--batch", "0"], r"--batch must be positive integers, got '0'"),
-        (["bench", "b", "--iters", "-1"], r"argument --iters: must be a positive integer, got -1"),
-        (["bench", "b", "--warmup", "-1"], r"argument --warmup: must be an integer ≥ 0, got -1"),
-        (["eval", "b", "--images", ".", "--batch", "0"], r"argument --batch: must be a positive integer, got 0"),
-        (["eval", "b", "--images", ".", "--batch", "5000"], r"argument --batch: must be at most 1024"),
-    ],
-)
-def test_bad_numbers_are_one_line_errors(capsys, tmp_path, monkeypatch, argv, pattern):
-    from cli_helpers import assert_user_error, run
-
-    monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, *argv)
-    assert_user_error(code, err, pattern)
-    assert list(tmp_path.iterdir()) == []
