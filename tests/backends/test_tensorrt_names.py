@@ -99,7 +99,6 @@ BUILD_API = (
     "ILayer.type",
     "ITensor.name",
     "ITensor.shape",
-    "LayerType.PLUGIN",
     "LayerType.PLUGIN_V2",
     "LayerType.PLUGIN_V3",
     "BuilderFlag.TF32",

@@ -107,7 +107,10 @@ def network_from_onnx(trt: ModuleType, path: Path, label: str, log: Any) -> Pars
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         inputs[tensor.name] = tuple(tensor.shape)
-    plugin_types = (trt.LayerType.PLUGIN, trt.LayerType.PLUGIN_V2, trt.LayerType.PLUGIN_V3)
+    plugin_types = [trt.LayerType.PLUGIN_V2, trt.LayerType.PLUGIN_V3]
+    # the legacy IPluginLayer type: TensorRT for RTX has it; it may be gone from other TensorRT versions
+    if hasattr(trt.LayerType, "PLUGIN"):
+        plugin_types.append(trt.LayerType.PLUGIN)
     plugin_layers = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
