@@ -28,7 +28,6 @@ from .manifest import (
     BlockTokens,
     EnginesRecord,
     Gmacs,
-    Lowering,
     Manifest,
     MethodRecord,
     ModelRecord,
@@ -67,7 +66,7 @@ def build(model: str | BuildConfig, **kwargs: Any) -> BuildResult:
         run = _Build(config)
         run.load_weights()
         run.apply_method()
-        with run.staging() as tmp:
+        with outputs.staging_dir(config.output) as tmp:
             run.export(tmp)
             run.calibrate()
             run.backend_build(tmp)
@@ -128,13 +127,6 @@ class _Build:
                     self.torch_model, self.spec, c.method, c.method_config, "fp32", method_state=self.method_state
                 )[0]
         return self._fp32
-
-    @contextmanager
-    def staging(self) -> Iterator[Path]:
-        from .runtime.bundle import staging_dir
-
-        with staging_dir(self.config.output) as tmp:
-            yield tmp
 
     def export(self, tmp: Path) -> None:
         """The stage ONNX files in the lowering the backend builds, plus fp32 twins where ONNX
@@ -199,12 +191,9 @@ class _Build:
 
     def manifest(self, start: float) -> Manifest:
         """The manifest: the one place its content is assembled."""
-        from .ops.lowering import lowering_summary
+        from .ops.lowering import lowering_record
 
         c, spec = self.config, self.spec
-        summary = lowering_summary(
-            self.lowering, [{"plugin_nodes": s.plugin_nodes, "native_nodes": s.native_nodes} for s in self.stages]
-        )
         versions = _versions()
         if self.record is not None:
             versions[c.backend.name] = self.record.version
@@ -229,12 +218,7 @@ class _Build:
             precision=c.precision,
             backend=c.backend.name,
             tf32=c.backend_options.tf32,
-            lowering=Lowering(
-                plugins=self.lowering,
-                plugin_nodes=summary["plugin_nodes"],
-                native_nodes=summary["native_nodes"],
-                requested=c.plugins if self.lowering != c.plugins else None,
-            ),
+            lowering=lowering_record(self.lowering, c.plugins, self.stages),
             tokens=self.tokens,
             gmacs=self.gmacs,
             stages=self.stages,

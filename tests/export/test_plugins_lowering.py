@@ -24,14 +24,15 @@ from pass_helpers import method_graph
 
 import tokcompile
 from tokcompile import TokcompileError, _defaults
+from tokcompile.backends import get_backend
 from tokcompile.export.onnx import onnx_from_graph_module
+from tokcompile.manifest import Lowering, StageEntry
 from tokcompile.methods import get_method
 from tokcompile.ops import PLUGIN_OPS, TOKEN_OPS
 from tokcompile.ops.lowering import (
     PLUGIN_ATTRIBUTES,
-    check_backend,
     check_mode,
-    lowering_summary,
+    lowering_record,
     plugin_attributes,
     plugin_lowering,
 )
@@ -78,6 +79,22 @@ def _token_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.domain == "tokcompile"]
 
 
+def _stage(export: Export) -> StageEntry:
+    """The export as a build's one stage entry (the lowering record reads its node counts)."""
+    f, file = export.facts, export.path.name
+    return StageEntry(
+        0,
+        file,
+        f["inputs"],
+        f["inputs"],
+        f["outputs"],
+        file,
+        "fp32",
+        plugin_nodes=f["plugin_nodes"],
+        native_nodes=f["native_nodes"],
+    )
+
+
 EXPECTED = {
     # (method, mode): (plugin_nodes, native_nodes); test_vit: EViT at 3 blocks, ATS at 4 blocks
     ("evit", "on"): ({"EvitSelect": 3}, {}),
@@ -93,7 +110,7 @@ EXPECTED = {
 def test_manifest_and_nodes_follow_the_mode(exports, method: str, mode: str) -> None:
     export = exports[(method, mode)]
     plugin, native = EXPECTED[(method, mode)]
-    assert lowering_summary(mode, [export.facts]) == {"plugins": mode, "plugin_nodes": plugin, "native_nodes": native}
+    assert lowering_record(mode, mode, [_stage(export)]) == Lowering(mode, plugin, native)
     onnx.checker.check_model(export.model, full_check=True)
     routed: dict[str, int] = {}
     for node in _token_nodes(export.model):
@@ -184,14 +201,15 @@ def test_bad_mode_is_a_one_line_error(tmp_path) -> None:
 def test_tensorrt_refuses_only_bodies_without_native_lowering() -> None:
     """Every op lowers natively since issue 9 (AtsSample's body has no float64 any more), so no
     mode is refused; an op marked ``native=False`` still is, with a one-line reason."""
+    tensorrt, onnxruntime = get_backend("tensorrt"), get_backend("onnxruntime")
     for mode in MODES:
-        check_backend(mode, "tensorrt", TOKEN_OPS.values())
+        assert tensorrt.lowering(mode, TOKEN_OPS.values()) == mode
     ats = next(op for op in TOKEN_OPS.values() if op.onnx_name == "AtsSample")
     assert ats.native and ats.plugin
     float64_body = dataclasses.replace(ats, native=False)
     with pytest.raises(TokcompileError, match="--plugins off lowers AtsSample to its ONNX body") as info:
-        check_backend("off", "tensorrt", [float64_body])
+        tensorrt.lowering("off", [float64_body])
     assert "\n" not in str(info.value)
-    check_backend("off", "onnxruntime", [float64_body])  # ONNX Runtime runs any body exactly
-    check_backend("auto", "tensorrt", [float64_body])  # auto and on route it to the plugin
-    check_backend("on", "tensorrt", [float64_body])
+    assert onnxruntime.lowering("off", [float64_body]) == "off"  # ONNX Runtime runs any body exactly
+    assert tensorrt.lowering("auto", [float64_body]) == "auto"  # auto and on route it to the plugin
+    assert tensorrt.lowering("on", [float64_body]) == "on"

@@ -20,12 +20,13 @@ command lines follow the TensorRT flavour the manifest records (trtexec vs tenso
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from .. import _defaults
 from ..errors import TokcompileError
 from ..manifest import EngineEntry, EnginesRecord, Manifest, Profile, StageEntry
 
@@ -107,8 +108,8 @@ class Backend(Protocol):
 
 
 class BackendBase:
-    """Defaults shared by the backends: option checks against ``options``, the TensorRT plan for
-    report.md, and the export's lowering as asked."""
+    """Defaults shared by the backends: option checks against ``options`` (with the tf32 default),
+    the TensorRT plan for report.md, and the export's lowering as asked."""
 
     name = ""
     label = ""
@@ -132,7 +133,7 @@ class BackendBase:
             raise TokcompileError(f"{flags} {verb} to {where}, not {self.name}" + (f": {why}" if why else ""))
         if options.max_batch is not None and options.max_batch < 1:
             raise TokcompileError(f"--max-batch must be ≥ 1, got {options.max_batch}")
-        return options
+        return replace(options, tf32=_defaults.TRT_TF32 if options.tf32 is None else options.tf32)
 
     def lowering(self, mode: str, ops: Iterable[Any]) -> str:
         return mode
@@ -141,16 +142,11 @@ class BackendBase:
         self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions
     ) -> list[list[Profile]]:
         """Each stage's TensorRT profiles (``tensorrt_plan``): what this backend builds, or, for one
-        that builds nothing, what report.md's engine commands use."""
+        that builds nothing, what report.md's engine commands use. Raises ValueError when a stage
+        has dynamic dimensions the profiles do not cover."""
         from .tensorrt.profiles import plan_profiles
 
-        try:
-            return plan_profiles(directory, stages, full_count, options.max_batch)
-        except ValueError as exc:
-            raise TokcompileError(
-                f"{exc}; TensorRT profiles cover batch, token counts and the extra dims the manifest records, so "
-                f"--backend {self.name} cannot build this graph: use --backend onnxruntime"
-            ) from None
+        return plan_profiles(directory, stages, full_count, options.max_batch)
 
 
 def parse_target_sm(value: str | Sequence[int], supported: Sequence[int], label: str) -> tuple[int, ...]:

@@ -8,7 +8,6 @@ Runtime runs and why. Every bundle keeps its ONNX files, so this backend can run
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Optional
 
 import numpy as np
 
-from .. import _defaults
 from ..errors import TokcompileError
 from ..manifest import Manifest, Profile, StageEntry
 from .base import BackendBase, BuildOptions, BuildOutput, Loaded
@@ -78,16 +76,12 @@ class OnnxRuntime(BackendBase):
     def probe(self) -> Optional[str]:
         return None
 
-    def check_options(self, options: BuildOptions) -> BuildOptions:
-        options = super().check_options(options)
-        return dataclasses.replace(options, tf32=_defaults.TRT_TF32 if options.tf32 is None else options.tf32)
-
     def plan(
         self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions
     ) -> list[list[Profile]]:
         try:
             return super().plan(directory, stages, full_count, options)
-        except TokcompileError as exc:  # only report.md's engine commands need the plan
+        except ValueError as exc:  # only report.md's engine commands need the plan
             logger.warning("no TensorRT engine commands in report.md: %s", exc)
             return [[] for _ in stages]
 

@@ -157,17 +157,15 @@ def export_stages(
         facts = onnx_from_graph_module(
             stage.module, input_shape, directory / file, stage.outputs, inputs=inputs, plugins=plugins
         )
+        # max: the dim's full size (the examples are uncut), for TensorRT profile ranges
+        extra_dims = [
+            ExtraDim(d["name"], d["count"], d["values"], int(examples[d["values"][0]].shape[1]))
+            for d in stage.extra_dims
+        ]
         entries.append(
-            _entry(stage.index, file, facts, stage.inputs, precision, stage.token_values, stage.count)
-            # max: the dim's full size (the examples are uncut), for TensorRT profile ranges
-            | {
-                "extra_dims": [
-                    ExtraDim(d["name"], d["count"], d["values"], int(examples[d["values"][0]].shape[1]))
-                    for d in stage.extra_dims
-                ]
-            }
+            _entry(stage.index, file, facts, stage.inputs, precision, stage.token_values, stage.count, extra_dims)
         )
-    return [StageEntry(**e) for e in entries]
+    return entries
 
 
 def _entry(
@@ -178,24 +176,26 @@ def _entry(
     precision: str,
     token_values: list[str],
     count: str | None,
-) -> dict[str, Any]:
-    return {
-        "index": index,
-        "file": file,
-        "inputs": facts["inputs"],
-        "values_in": values_in,
-        "outputs": facts["outputs"],
-        "onnxruntime_file": file,
-        "onnxruntime_precision": precision,
-        "token_inputs": facts["token_inputs"],
-        "token_values": token_values,
-        "count": count,
-        "input_types": facts["input_types"],
-        "opset": facts["opset"],
-        "custom_nodes": facts["custom_nodes"],
-        "plugin_nodes": facts["plugin_nodes"],
-        "native_nodes": facts["native_nodes"],
-    }
+    extra_dims: list[ExtraDim],
+) -> StageEntry:
+    return StageEntry(
+        index=index,
+        file=file,
+        inputs=facts["inputs"],
+        values_in=values_in,
+        outputs=facts["outputs"],
+        onnxruntime_file=file,
+        onnxruntime_precision=precision,
+        token_inputs=facts["token_inputs"],
+        token_values=token_values,
+        count=count,
+        extra_dims=extra_dims,
+        input_types=facts["input_types"],
+        opset=facts["opset"],
+        custom_nodes=facts["custom_nodes"],
+        plugin_nodes=facts["plugin_nodes"],
+        native_nodes=facts["native_nodes"],
+    )
 
 
 def is_staged(gm: fx.GraphModule) -> bool:
@@ -218,6 +218,6 @@ def export_model(
     if not is_staged(gm):
         file = f"{prefix}.onnx"
         facts = onnx_from_graph_module(gm, input_shape, directory / file, names, plugins=plugins)
-        return [StageEntry(**_entry(0, file, facts, facts["inputs"], precision, [], None))], {n: n for n in names}
+        return [_entry(0, file, facts, facts["inputs"], precision, [], None, [])], {n: n for n in names}
     stages, final = cut_stages(gm)
     return export_stages(gm, stages, input_shape, directory, precision, prefix, plugins), final

@@ -41,6 +41,7 @@ from typing import Any, Optional
 
 from .. import _defaults
 from ..errors import TokcompileError
+from ..manifest import Lowering, StageEntry
 
 MODES = ("on", "off", "auto")
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
@@ -61,9 +62,10 @@ def check_mode(mode: Optional[str]) -> str:
 @contextmanager
 def plugin_lowering(mode: Optional[str]) -> Iterator[str]:
     """Export token-op nodes inside this block with ``mode``'s plugin attributes."""
-    token = _mode.set(check_mode(mode))
+    mode = check_mode(mode)
+    token = _mode.set(mode)
     try:
-        yield check_mode(_mode.get())
+        yield mode
     finally:
         _mode.reset(token)
 
@@ -80,34 +82,19 @@ def plugin_attributes(has_plugin: bool, native: bool) -> dict[str, Any]:
     return {}
 
 
-def lowering_summary(mode: str, stages: Iterable[dict]) -> dict:
-    """``manifest["lowering"]``: the mode and token-op node counts summed over the stage files
+def lowering_record(mode: str, requested: str, stages: Iterable[StageEntry]) -> Lowering:
+    """``manifest.lowering``: the mode the stage files were exported with (and the ``requested``
+    one when the backend changed it) and token-op node counts summed over the stage files
     (``plugin_nodes``/``native_nodes`` facts of each stage's export; fp32 twins not included)."""
     plugin: dict[str, int] = {}
     native: dict[str, int] = {}
     for stage in stages:
-        for total, key in ((plugin, "plugin_nodes"), (native, "native_nodes")):
-            for name, n in (stage.get(key) or {}).items():
+        for total, counts in ((plugin, stage.plugin_nodes), (native, stage.native_nodes)):
+            for name, n in counts.items():
                 total[name] = total.get(name, 0) + int(n)
-    return {"plugins": mode, "plugin_nodes": dict(sorted(plugin.items())), "native_nodes": dict(sorted(native.items()))}
-
-
-def check_backend(mode: str, backend: str, ops: Iterable[object]) -> None:
-    """Refuse lowerings a backend cannot run as specified.
-
-    ``ops``: the TokenOps in the graph. An op without exact native lowering (``native=False``)
-    cannot run as its body on TensorRT, e.g. a body that needs float64: TensorRT has no float64
-    type, its parser turns DOUBLE into FLOAT (``importerUtils.cpp`` ``convertDtype``, line 325 in
-    10.10), so selections could differ from the reference. No op needs this today (AtsSample's
-    body was rewritten in float32 + exact int64 for issue 9); ONNX Runtime runs any body exactly.
-    """
-    if backend != "tensorrt":
-        return
-    for op in ops:
-        lowered_natively = mode == "off" or not getattr(op, "plugin", False)
-        if lowered_natively and not getattr(op, "native", True):
-            name = getattr(op, "onnx_name", "?")
-            raise TokcompileError(
-                f"--plugins {mode} lowers {name} to its ONNX body, which TensorRT cannot run as specified; "
-                "use --plugins auto or on with --backend tensorrt"
-            )
+    return Lowering(
+        plugins=mode,
+        plugin_nodes=dict(sorted(plugin.items())),
+        native_nodes=dict(sorted(native.items())),
+        requested=requested if mode != requested else None,
+    )

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import _defaults
 from ..errors import TokcompileError
+from .bundle import BENCH_FILE
 from .caveats import caveats
 from .runner import load
 
@@ -162,9 +163,6 @@ def bench(
 def ratio(rows: list[BenchRow], batch: int, baseline: str = "dense") -> float:
     by = {r.name: r for r in rows if r.batch == batch}
     return by["reduced"].images_per_s / by[baseline].images_per_s
-
-
-BENCH_FILE = "bench.json"  # bundle.SIDE_FILES: written after the build, not hashed (nothing in it runs)
 
 
 def record(bundle: Path | str, report: BenchReport, images: Optional[Path | str] = None) -> Path:

@@ -14,8 +14,6 @@ listed file must hash to it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -25,8 +23,9 @@ from ..manifest import FileEntry, Manifest, bundle_path
 from ..models.weights import file_sha256
 
 MANIFEST = "manifest.json"
+BENCH_FILE = "bench.json"  # the figures ``tokcompile bench`` measured (runtime/bench.py ``record``)
 # Files tokcompile may add to a finished bundle (not hashed: nothing in them runs).
-SIDE_FILES = ("bench.json",)  # runtime.bench.BENCH_FILE
+SIDE_FILES = (BENCH_FILE,)
 
 
 def hash_files(directory: Path, names: list[str]) -> dict[str, FileEntry]:
@@ -59,36 +58,33 @@ def read_manifest(directory: Path | str, verify: bool = True) -> Manifest:
     return manifest
 
 
+def _unverified(directory: Path) -> Optional[Manifest]:
+    """The manifest of the bundle at ``directory`` (files not hashed), or None when it is not a
+    readable bundle."""
+    try:
+        return read_manifest(directory, verify=False)
+    except TokcompileError:
+        return None
+
+
+def _owned(manifest: Optional[Manifest]) -> Optional[set[str]]:
+    return {MANIFEST, *manifest.files, *SIDE_FILES} if manifest is not None else None
+
+
 def owned_files(directory: Path) -> Optional[set[str]]:
     """The files of the bundle at ``directory`` (manifest, listed files, side files), or None when
     it is not a readable bundle: what ``--force`` may replace."""
-    try:
-        manifest = read_manifest(directory, verify=False)
-    except TokcompileError:
-        return None
-    return {MANIFEST, *manifest.files, *SIDE_FILES}
+    return _owned(_unverified(directory))
 
 
 def check_output(directory: Path, fingerprint: str, force: bool) -> None:
     """Refuse to write over anything but an empty folder, the same build, or (with ``force``) a bundle."""
     directory = Path(directory)
-    same, existing = False, ""
-    if (directory / MANIFEST).is_file():
-        try:
-            m = read_manifest(directory, verify=False)
-        except TokcompileError:
-            pass
-        else:
-            same = m.fingerprint == fingerprint
-            existing = f" ({m.model.name}, {m.method.name}, {m.precision})"
-    outputs.check_directory(directory, owned_files, "tokcompile bundle", force, same, existing=existing)
-
-
-@contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
-    """A temporary sibling of ``final``; removed on any error (including KeyboardInterrupt)."""
-    with outputs.staging_dir(final) as tmp:
-        yield tmp
+    m = _unverified(directory)
+    same = m is not None and m.fingerprint == fingerprint
+    existing = f" ({m.model.name}, {m.method.name}, {m.precision})" if m is not None else ""
+    owned = _owned(m)
+    outputs.check_directory(directory, lambda _: owned, "tokcompile bundle", force, same, existing=existing)
 
 
 def commit(tmp: Path, final: Path, manifest: Manifest, data_files: list[str], force: bool) -> None:
@@ -97,7 +93,8 @@ def commit(tmp: Path, final: Path, manifest: Manifest, data_files: list[str], fo
     there during the build.
     """
     manifest.files.update(hash_files(tmp, data_files))
-    Manifest.from_json(json.loads(manifest.to_json()), str(final))  # never publish what reading refuses
-    (tmp / MANIFEST).write_text(manifest.to_json())
+    text = manifest.to_json()
+    Manifest.from_json(json.loads(text), str(final))  # never publish what reading refuses
+    (tmp / MANIFEST).write_text(text)
     check_output(final, manifest.fingerprint, force)
     outputs.publish(tmp, final)

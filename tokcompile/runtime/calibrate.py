@@ -35,14 +35,18 @@ RANDOM_CALIBRATION = (
 )
 
 
-def _calibration_images(spec: Any, calib: Optional[str | Path], limit: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """(images [n, 3, H, W] at the model's input size, the manifest's calibration record)."""
+def _calibration_images(
+    spec: Any, calib: Optional[str | Path], limit: int
+) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+    """(images [n, 3, H, W] at the model's input size, the manifest's calibration record, the
+    warnings about them for the manifest's token record)."""
     if calib is None:
         count = min(limit, _defaults.CALIB_RANDOM_IMAGES)
-        logger.warning("WARNING: %s.", RANDOM_CALIBRATION.format(n=count))
+        warning = RANDOM_CALIBRATION.format(n=count)
+        logger.warning("WARNING: %s.", warning)
         rng = np.random.default_rng(0)
         images = rng.standard_normal((count, *spec.input_shape), dtype=np.float32)
-        return images, {"source": "random", "images": count, "warning": RANDOM_CALIBRATION.format(n=count)}
+        return images, {"source": "random", "images": count}, [warning]
     from ..data.images import ImageStats, list_images, load_batches, preprocessing, spread
 
     listed = list_images(calib, "--calib")
@@ -67,7 +71,7 @@ def _calibration_images(spec: Any, calib: Optional[str | Path], limit: int) -> t
         "skipped": len(stats.skipped),
         "preprocess": preprocess.record(),
     }
-    return np.concatenate(batches), record
+    return np.concatenate(batches), record, []
 
 
 def parse_buckets(value: Optional[str | Sequence[int]]) -> Optional[list[int]]:
@@ -124,12 +128,13 @@ class CalibrationPlan:
     explicit: Optional[list[int]]
     max_buckets: int
     profile: Any  # Profile, or None with explicit buckets
+    warnings: list[str]  # about the images (random inputs), said when the plan was made
 
 
 def load_calibration(spec: Any, staging: StagingConfig) -> CalibrationPlan:
-    images, record = _calibration_images(spec, staging.calib, _defaults.CALIB_IMAGES)
+    images, record, warnings = _calibration_images(spec, staging.calib, _defaults.CALIB_IMAGES)
     explicit = list(staging.buckets) if staging.buckets is not None else None
-    return CalibrationPlan(images, record, explicit, staging.max_buckets, staging.profile)
+    return CalibrationPlan(images, record, explicit, staging.max_buckets, staging.profile, warnings)
 
 
 def plan_calibration(
@@ -232,16 +237,15 @@ def calibrate(
         )
     for text in warnings:
         logger.warning("WARNING: %s", text)
-    record = {k: v for k, v in plan.record.items() if k != "warning"}
-    if "warning" in plan.record:  # said when the plan was made
-        warnings.insert(0, plan.record["warning"])
     logger.info(
         "calibrate: %d images (%s); mean tokens %s; %.3f GMACs per image",
         len(images),
-        record["source"],
+        plan.record["source"],
         " → ".join(map(str, sequence)),
         gmacs,
     )
-    calibration = {**record, "gmacs_images": int(len(images)), "profile": profile.name if profile else None}
-    tokens = TokensRecord(sequence, boundaries=boundaries, calibration=calibration, warnings=warnings)
+    calibration = {**plan.record, "gmacs_images": int(len(images)), "profile": profile.name if profile else None}
+    tokens = TokensRecord(
+        sequence, boundaries=boundaries, calibration=calibration, warnings=[*plan.warnings, *warnings]
+    )
     return Calibration(buckets, tokens, gmacs)

@@ -237,7 +237,8 @@ def build_stages(
                 build_seconds=round(built.seconds, 2),
             )
         )
-        extra = f", extra dims {sorted(extra_dim_inputs(stages, k))}" if extra_dim_inputs(stages, k) else ""
+        extra_dims = extra_dim_inputs(stages, k)
+        extra = f", extra dims {sorted(extra_dims)}" if extra_dims else ""
         logger.info(
             "%s: %s → %s, profiles %s%s, %d layers (%d plugin), %.1f MB, %.1f s",
             flavour.tag,

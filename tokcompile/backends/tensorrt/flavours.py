@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from ... import _defaults
 from ...errors import TokcompileError
-from ...manifest import EnginesRecord, Manifest, StageEntry
+from ...manifest import EnginesRecord, Manifest, Profile, StageEntry
 from ..base import BackendBase, BuildOptions, BuildOutput, Loaded, parse_target_sm
 from . import env
 from .build import build_stages
@@ -57,10 +57,16 @@ class TensorRTFamily(BackendBase):
     def trt(self) -> ModuleType:
         return env.import_trt(self.module)
 
-    def base_options(self, options: BuildOptions) -> BuildOptions:
-        options = super().check_options(options)
-        tf32 = _defaults.TRT_TF32 if options.tf32 is None else options.tf32
-        return dataclasses.replace(options, tf32=tf32)
+    def plan(
+        self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions
+    ) -> list[list[Profile]]:
+        try:
+            return super().plan(directory, stages, full_count, options)
+        except ValueError as exc:
+            raise TokcompileError(
+                f"{exc}; TensorRT profiles cover batch, token counts and the extra dims the manifest records, so "
+                f"--backend {self.name} cannot build this graph: use --backend onnxruntime"
+            ) from None
 
     def block(self, trt: ModuleType, options: BuildOptions, target_sm: list[int]) -> EnginesRecord:
         max_batch, opt_batch = batch_limits(options.max_batch)
@@ -142,13 +148,23 @@ class TensorRT(TensorRTFamily):
         return problem
 
     def check_options(self, options: BuildOptions) -> BuildOptions:
-        options = self.base_options(options)
+        options = super().check_options(options)
         return dataclasses.replace(options, plugin_lib=resolve_plugin_lib(options.plugin_lib))
 
     def lowering(self, mode: str, ops: Iterable[Any]) -> str:
-        from ...ops.lowering import check_backend
-
-        check_backend(mode, self.name, ops)  # an op whose body needs float64 must stay a plugin
+        """Refuse a mode that lowers an op without exact native lowering (``native=False``) to its
+        body: TensorRT cannot run such a body as specified, e.g. one that needs float64 (TensorRT
+        has no float64 type, its parser turns DOUBLE into FLOAT: ``importerUtils.cpp``
+        ``convertDtype``, line 325 in 10.10), so selections could differ from the reference. No op
+        needs this today (AtsSample's body was rewritten in float32 + exact int64 for issue 9)."""
+        for op in ops:
+            lowered_natively = mode == "off" or not getattr(op, "plugin", False)
+            if lowered_natively and not getattr(op, "native", True):
+                name = getattr(op, "onnx_name", "?")
+                raise TokcompileError(
+                    f"--plugins {mode} lowers {name} to its ONNX body, which TensorRT cannot run as specified; "
+                    "use --plugins auto or on with --backend tensorrt"
+                )
         return mode
 
     def build(self, directory: Path, stages: list[StageEntry], full_count: int, options: BuildOptions) -> BuildOutput:
@@ -221,7 +237,7 @@ class TensorRTRtx(TensorRTFamily):
         return sorted(int(name[2:]) for name in members if name.startswith("SM") and name[2:].isdigit())
 
     def check_options(self, options: BuildOptions) -> BuildOptions:
-        options = self.base_options(options)
+        options = super().check_options(options)
         supported = self.supported_sm()
         trt = self.trt()
         label = f"{self.label} {trt.__version__}"
