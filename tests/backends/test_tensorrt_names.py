@@ -9,7 +9,8 @@ declare, and look each list up in the installed wheels:
 - RTX_RUNTIME_API (TensorRT for RTX's JIT runtime cache) in ``tensorrt_rtx``;
 - BUILD_API (the shared builder path of build.py and the TensorRT timing cache) in
   ``tensorrt_rtx``, whose builder and parser are TensorRT's API, and in ``tensorrt`` where installed;
-- RTX_BUILD_API (compute-capability targets) in ``tensorrt_rtx``.
+- RTX_BUILD_API (compute-capability targets; the legacy plugin layer type, which build.py reads only
+  where the module has it) in ``tensorrt_rtx``.
 
 Both wheels are in the ``dev`` extra, so a new TensorRT call in either flavour fails here unless
 it exists.
@@ -99,6 +100,7 @@ BUILD_API = (
     "ILayer.type",
     "ITensor.name",
     "ITensor.shape",
+    "LayerType",
     "LayerType.PLUGIN_V2",
     "LayerType.PLUGIN_V3",
     "BuilderFlag.TF32",
@@ -118,6 +120,7 @@ RTX_BUILD_API = (
     "ComputeCapability.__members__",
     "IBuilderConfig.num_compute_capabilities",
     "IBuilderConfig.set_compute_capability",
+    "LayerType.PLUGIN",  # the legacy plugin layer type; build.py counts it only where it exists
 )
 DECLARED = (*RUNTIME_API, *RTX_RUNTIME_API, *BUILD_API, *RTX_BUILD_API)
 
